@@ -1,0 +1,74 @@
+"""iot_server: registers IoT devices, hands them tokens and answers their MQTT broker."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .config import Config, TestingConfig, config_for_env
+
+
+def create_app(config: Config | Mapping | None = None) -> Flask:
+    """Build the app: `None` reads the environment (IOT_ENV picks the class), a `Config`
+    instance is used as is, and a mapping (tests) is applied over `TestingConfig`."""
+    app = Flask(__name__, instance_relative_config=True, static_folder=None)
+    app.json.sort_keys = False
+    if config is None:
+        config = config_for_env()
+    if isinstance(config, Mapping):
+        app.config.from_object(TestingConfig())
+        app.config.update(config)
+    else:
+        app.config.from_object(config)
+    configure_derived(app)
+
+    from . import cli, errors, extensions, logs, metrics
+
+    logs.init_app(app)
+    extensions.db.init_app(app)
+    extensions.migrate.init_app(app, extensions.db, render_as_batch=True)
+    extensions.jwt.init_app(app)
+    extensions.limiter.init_app(app)
+    metrics.init_app(app)
+    errors.init_app(app)
+    cli.init_app(app)
+    register_blueprints(app)
+
+    if app.config["TRUSTED_PROXIES"] > 0:
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+    return app
+
+
+def configure_derived(app: Flask) -> None:
+    """Settings computed from others: database default, JWT and limiter options."""
+    if not app.config.get("SQLALCHEMY_DATABASE_URI"):
+        os.makedirs(app.instance_path, exist_ok=True)
+        path = os.path.join(app.instance_path, "iot_server.sqlite")
+        app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{path}"
+    master, agent = app.config["DEVICE_MASTER_SECRET_KEY"], app.config["DEVICE_AGENT_SECRET_KEY"]
+    if master and master == agent:
+        # The secret decides a device's kind: equal secrets would make that ambiguous.
+        raise RuntimeError("DEVICE_MASTER_SECRET_KEY and DEVICE_AGENT_SECRET_KEY must differ")
+    app.config.update(
+        JWT_SECRET_KEY=app.config["JWT_SECRET"],
+        JWT_ALGORITHM="HS256",
+        JWT_DECODE_ALGORITHMS=["HS256"],
+        JWT_TOKEN_LOCATION=["headers"],
+        RATELIMIT_HEADERS_ENABLED=True,
+        # Limiter storage (Redis) down: keep serving on per-process counters and log it.
+        RATELIMIT_SWALLOW_ERRORS=True,
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
+    )
+
+
+def register_blueprints(app: Flask) -> None:
+    """The whole URL map in one place (each blueprint declares its own rate limit)."""
+    from . import auth, health, mqtt
+
+    app.register_blueprint(auth.bp, url_prefix="/auth")
+    app.register_blueprint(mqtt.bp, url_prefix="/mqtt")
+    app.register_blueprint(health.bp)

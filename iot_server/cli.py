@@ -1,0 +1,128 @@
+"""Admin CLI: `flask users ...` and `flask devices ...`, thin wrappers over the services.
+
+Each command exits 0 on success, or 1 with one line on stderr (click's `Error: ...`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from . import devices, owners
+from .errors import ApiError
+from .extensions import db
+from .identifiers import parse_uuid
+from .models import Device
+
+users_cli = AppGroup("users", help="Manage owner accounts.")
+devices_cli = AppGroup("devices", help="Manage devices.")
+
+
+def uuid_argument(value: str) -> str:
+    """The normalised uuid, or a one-line usage error."""
+    uuid = parse_uuid(value)
+    if uuid is None:
+        raise click.ClickException(f"malformed uuid: {value!r}")
+    return uuid
+
+
+def existing_device(value: str) -> Device:
+    """The device with this uuid, or a one-line error."""
+    device = devices.get(uuid_argument(value))
+    if device is None:
+        raise click.ClickException(f"no such device: {value}")
+    return device
+
+
+def fail_on_api_error(action):
+    """Run `action`, turning a domain error into click's one-line failure."""
+    try:
+        return action()
+    except ApiError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.error}") from None
+
+
+@users_cli.command("create")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def create_user(username: str, password_stdin: bool) -> None:
+    """Create an owner account (the password is prompted for unless --password-stdin)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    owner = fail_on_api_error(lambda: owners.create(username, password))
+    click.echo(f"created owner {owner.username}")
+
+
+@devices_cli.command("list")
+def list_devices() -> None:
+    """List every device: uuid, kind, state, owner or master, last seen."""
+    rows = db.session.execute(select(Device).order_by(Device.created_at)).scalars()
+    for device in rows:
+        state = "registered" if device.is_registered else "unregistered"
+        if not device.enabled:
+            state = "disabled"
+        holder = device.owner.username if device.owner else (device.master_uuid or "-")
+        seen = device.last_seen_at.isoformat() if device.last_seen_at else "never"
+        click.echo(f"{device.uuid}  {device.kind:<6}  {state:<12}  {holder}  {seen}")
+
+
+@devices_cli.command("claim")
+@click.argument("uuid")
+@click.option("--owner", "username", required=True, help="The owner's username.")
+def claim_device(uuid: str, username: str) -> None:
+    """Give a master device to an owner (created when unknown)."""
+    owner = owners.by_username(username.lower())
+    if owner is None:
+        raise click.ClickException(f"no such owner: {username}")
+    device, _ = fail_on_api_error(lambda: devices.claim(uuid_argument(uuid), owner))
+    click.echo(f"{device.uuid} claimed by {owner.username}")
+
+
+@devices_cli.command("link")
+@click.argument("master")
+@click.argument("agent")
+def link_device(master: str, agent: str) -> None:
+    """Link an agent (created when unknown) to a master."""
+    agent_device, _ = fail_on_api_error(
+        lambda: devices.link(uuid_argument(master), uuid_argument(agent))
+    )
+    click.echo(f"{agent_device.uuid} linked to {agent_device.master_uuid}")
+
+
+@devices_cli.command("revoke")
+@click.argument("uuid")
+def revoke_device(uuid: str) -> None:
+    """Invalidate every token of a device and cut its live session."""
+    device = existing_device(uuid)
+    devices.revoke(device)
+    click.echo(f"{device.uuid} revoked (token version {device.token_version})")
+
+
+@devices_cli.command("disable")
+@click.argument("uuid")
+def disable_device(uuid: str) -> None:
+    """Refuse the device tokens and connections until enabled again."""
+    device = existing_device(uuid)
+    devices.set_enabled(device, False)
+    click.echo(f"{device.uuid} disabled")
+
+
+@devices_cli.command("enable")
+@click.argument("uuid")
+def enable_device(uuid: str) -> None:
+    """Allow a disabled device again (it must request a new token)."""
+    device = existing_device(uuid)
+    devices.set_enabled(device, True)
+    click.echo(f"{device.uuid} enabled")
+
+
+def init_app(app: Flask) -> None:
+    """Register the command groups on the app."""
+    app.cli.add_command(users_cli)
+    app.cli.add_command(devices_cli)

@@ -1,0 +1,148 @@
+"""Configuration: the one place that reads the environment.
+
+Every variable of SPEC.md's configuration table is read here with its default.
+`create_app()` picks a class; tests pass their own mapping on top of `TestingConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: Secrets production refuses to start without (SPEC.md, "Configuration").
+REQUIRED_SECRETS = (
+    "JWT_SECRET",
+    "DEVICE_MASTER_SECRET_KEY",
+    "DEVICE_AGENT_SECRET_KEY",
+    "MQTT_SECRET_KEY",
+)
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    """Return the variable, treating an empty value as unset."""
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def env_int(name: str, default: int) -> int:
+    """Return the variable as an int, or the default when unset."""
+    value = env_str(name)
+    return int(value) if value is not None else default
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    """Return the variable as a boolean (`1`, `true`, `yes`, `on` are true)."""
+    value = env_str(name)
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def database_url(url: str | None) -> str | None:
+    """Accept Railway/Heroku's `postgres://` and pick the psycopg 3 driver."""
+    if url is None:
+        return None
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def default_web_concurrency() -> int:
+    """Heroku/Railway convention: two workers per core, plus one."""
+    return 2 * (os.cpu_count() or 1) + 1
+
+
+class Config:
+    """Production defaults, read from the environment when the class is instantiated."""
+
+    ENV_NAME = "production"
+    TESTING = False
+
+    def __init__(self) -> None:
+        self.DEBUG_LOGS = env_bool("DEBUG")
+        self.LOG_FORMAT = env_str("LOG_FORMAT", self.default_log_format())
+
+        self.SQLALCHEMY_DATABASE_URI = database_url(env_str("DATABASE_URL"))
+        # pre_ping replaces connections that died while the database was away,
+        # so the first request after an outage succeeds instead of failing once more.
+        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+
+        self.JWT_SECRET = env_str("JWT_SECRET")
+        self.DEVICE_MASTER_SECRET_KEY = env_str("DEVICE_MASTER_SECRET_KEY")
+        self.DEVICE_AGENT_SECRET_KEY = env_str("DEVICE_AGENT_SECRET_KEY")
+        self.MQTT_SECRET_KEY = env_str("MQTT_SECRET_KEY")
+        self.MQTT_SERVICE_USERNAME = env_str("MQTT_SERVICE_USERNAME", "iot-server")
+
+        self.MQTT_HOST = env_str("MQTT_HOST", "localhost:1883")
+        self.MQTT_BROKER_URL = env_str("MQTT_BROKER_URL", "mqtt://localhost:1883")
+        self.MQTT_SHARED_GROUP = env_str("MQTT_SHARED_GROUP")
+
+        self.DEVICE_TOKEN_TTL = env_int("DEVICE_TOKEN_TTL", 14 * 24 * 3600)
+        self.OWNER_TOKEN_TTL = env_int("OWNER_TOKEN_TTL", 24 * 3600)
+
+        self.WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", default_web_concurrency())
+        self.RATELIMIT_STORAGE_URI = env_str("RATELIMIT_STORAGE_URI", "memory://")
+        self.RATELIMIT_AUTH = env_str("RATELIMIT_AUTH", "5 per 5 seconds")
+        self.RATELIMIT_DEFAULT = env_str("RATELIMIT_DEFAULT", "200 per 30 seconds")
+        self.TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
+        self.HOOK_TRUSTED_NETWORKS = env_str("HOOK_TRUSTED_NETWORKS", "127.0.0.0/8,::1")
+
+        self.EMQX_API_URL = env_str("EMQX_API_URL")
+        self.EMQX_API_KEY = env_str("EMQX_API_KEY")
+        self.EMQX_API_SECRET = env_str("EMQX_API_SECRET")
+        self.AUTH_NEGATIVE_TTL = env_int("AUTH_NEGATIVE_TTL", 5)
+        self.HOOK_CACHE_TTL = env_int("HOOK_CACHE_TTL", 2)
+
+        self.MAX_CONTENT_LENGTH = 64 * 1024
+
+    def default_log_format(self) -> str:
+        """JSON lines in production; people read development logs."""
+        return "json"
+
+    def missing_secrets(self) -> list[str]:
+        """Names of the required secrets that are unset."""
+        return [name for name in REQUIRED_SECRETS if not getattr(self, name)]
+
+
+class DevelopmentConfig(Config):
+    """`flask run` / `flask dev`: readable logs, SQLite in the instance folder by default."""
+
+    ENV_NAME = "development"
+
+    def default_log_format(self) -> str:
+        """Readable text for a person at a terminal."""
+        return "text"
+
+
+class TestingConfig(DevelopmentConfig):
+    """The base tests build on; they override the database and secrets per test."""
+
+    ENV_NAME = "testing"
+    TESTING = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.JWT_SECRET = "test-jwt-secret-of-a-sensible-length-0123456789"
+        self.DEVICE_MASTER_SECRET_KEY = "test-master-secret"
+        self.DEVICE_AGENT_SECRET_KEY = "test-agent-secret"
+        self.MQTT_SECRET_KEY = "test-mqtt-secret"
+        self.RATELIMIT_STORAGE_URI = "memory://"
+        self.RATELIMIT_AUTH = "5 per 5 seconds"
+        self.RATELIMIT_DEFAULT = "200 per 30 seconds"
+        self.TRUSTED_PROXIES = 0
+        self.HOOK_TRUSTED_NETWORKS = "127.0.0.0/8,::1"
+        self.EMQX_API_URL = self.EMQX_API_KEY = self.EMQX_API_SECRET = None
+        self.LOG_FORMAT = "text"
+
+
+CONFIGS = {
+    "production": Config,
+    "development": DevelopmentConfig,
+    "testing": TestingConfig,
+}
+
+
+def config_for_env() -> Config:
+    """Pick the config class from `IOT_ENV` (production unless told otherwise)."""
+    name = env_str("IOT_ENV", "production")
+    return CONFIGS.get(name, Config)()

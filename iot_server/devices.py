@@ -1,0 +1,176 @@
+"""The devices service: registration, claim, link, revoke. No HTTP in here.
+
+The auth blueprint, the owner API and the admin CLI all call these functions, so each
+rule lives in one place. Failures raise `ApiError` with the SPEC's result code.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from flask import current_app
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from . import emqx_api
+from .errors import ApiError
+from .extensions import db
+from .models import AGENT, MASTER, Device, Owner
+
+log = logging.getLogger("iot_server.devices")
+
+
+def kind_for_secret(secret: str | None) -> str | None:
+    """The device kind a registration secret stands for, compared in constant time.
+
+    Both secrets are always compared, so the time taken does not tell which one is close.
+    """
+    given = (secret or "").encode()
+    config = current_app.config
+    is_master = hmac.compare_digest(given, (config["DEVICE_MASTER_SECRET_KEY"] or "").encode())
+    is_agent = hmac.compare_digest(given, (config["DEVICE_AGENT_SECRET_KEY"] or "").encode())
+    if not secret:
+        return None
+    if is_master:
+        return MASTER
+    if is_agent:
+        return AGENT
+    return None
+
+
+def get(uuid: str) -> Device | None:
+    """The device with this (normalised) uuid, if known."""
+    return db.session.get(Device, uuid)
+
+
+def get_or_create(uuid: str, kind: str) -> tuple[Device, bool]:
+    """The device, created with `kind` when unknown; tolerant of a concurrent insert."""
+    device = get(uuid)
+    if device is not None:
+        return device, False
+    device = Device(uuid=uuid, kind=kind)
+    db.session.add(device)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        # Another request created it between our read and our insert.
+        db.session.rollback()
+        return db.session.get(Device, uuid), False
+    log.info("device created", extra={"device": uuid, "kind": kind})
+    return device, True
+
+
+def check_can_have_token(device: Device, kind: str) -> None:
+    """Raise the SPEC's answer when `device` may not get a token with a `kind` secret."""
+    if device.kind != kind:
+        raise ApiError(403, "secret does not match the device kind")
+    if not device.enabled:
+        raise ApiError(403, "device disabled")
+    if not device.is_registered:
+        what = "claimed by an owner" if device.kind == MASTER else "linked to a master"
+        raise ApiError(401, f"device not yet {what}")
+
+
+def owned_device(uuid: str, owner: Owner) -> Device:
+    """The owner's device (a master it claimed or an agent of one); 404 for any other."""
+    device = get(uuid)
+    if device is None or owner_of(device) != owner.id:
+        raise ApiError(404, "no such device")
+    return device
+
+
+def owner_of(device: Device) -> int | None:
+    """The id of the owner a device belongs to, through its master for an agent."""
+    if device.kind == MASTER:
+        return device.owner_id
+    return device.master.owner_id if device.master is not None else None
+
+
+def claim(uuid: str, owner: Owner) -> tuple[Device, bool]:
+    """Give a master to `owner`; returns (device, created). 409 when someone else has it."""
+    device, created = get_or_create(uuid, MASTER)
+    if device.kind != MASTER:
+        raise ApiError(400, "an agent cannot be claimed; link it to a master")
+    if device.owner_id not in (None, owner.id):
+        raise ApiError(409, "device already claimed by another owner")
+    if device.owner_id is None:
+        device.owner_id = owner.id
+        db.session.commit()
+        log.info("device claimed", extra={"device": uuid, "owner": owner.username})
+    return device, created
+
+
+def release(device: Device) -> None:
+    """Unclaim a master: its agents are unlinked, and it and they are revoked."""
+    for agent in list(device.agents):
+        agent.master_uuid = None
+        _revoke(agent)
+    device.owner_id = None
+    _revoke(device)
+    db.session.commit()
+    log.info("device released", extra={"device": device.uuid})
+    _disconnect([device, *device.agents])
+
+
+def link(master_uuid: str, agent_uuid: str) -> tuple[Device, bool]:
+    """Link an agent (created when unknown) to a master; returns (agent, created)."""
+    master = get(master_uuid)
+    if master is None:
+        raise ApiError(404, "no such master")
+    if master.kind != MASTER:
+        raise ApiError(400, "the first device is not a master")
+    agent, created = get_or_create(agent_uuid, AGENT)
+    if agent.kind != AGENT:
+        raise ApiError(400, "the second device is not an agent")
+    if agent.master_uuid not in (None, master.uuid):
+        raise ApiError(409, "agent already linked to another master")
+    if agent.master_uuid is None:
+        agent.master_uuid = master.uuid
+        db.session.commit()
+        log.info("agent linked", extra={"device": agent.uuid, "master": master.uuid})
+        # The master's ACL snapshot lacks the new agent's topic until it reconnects.
+        _disconnect([master])
+    return agent, created
+
+
+def unlink(master: Device, agent: Device) -> None:
+    """Unlink an agent from its master and revoke it."""
+    if agent.master_uuid != master.uuid:
+        raise ApiError(404, "agent not linked to this master")
+    agent.master_uuid = None
+    _revoke(agent)
+    db.session.commit()
+    log.info("agent unlinked", extra={"device": agent.uuid, "master": master.uuid})
+    _disconnect([agent, master])
+
+
+def revoke(device: Device) -> None:
+    """Invalidate every token of the device and cut its live MQTT session."""
+    _revoke(device)
+    db.session.commit()
+    log.info("device revoked", extra={"device": device.uuid})
+    _disconnect([device])
+
+
+def set_enabled(device: Device, enabled: bool) -> None:
+    """Disable (refuse tokens and connections) or enable a device."""
+    device.enabled = enabled
+    if not enabled:
+        _revoke(device)
+    db.session.commit()
+    log.info("device %s", "enabled" if enabled else "disabled", extra={"device": device.uuid})
+    if not enabled:
+        _disconnect([device])
+
+
+def _revoke(device: Device) -> None:
+    """Bump the token version; the caller commits. The client id is kept for the kick."""
+    device.token_version += 1
+
+
+def _disconnect(devices: list[Device]) -> None:
+    """Cut the devices' live sessions on EMQX (when its API is configured), after commit."""
+    for device in devices:
+        if device.mqtt_client_id:
+            emqx_api.disconnect(device.mqtt_client_id)

@@ -1,0 +1,51 @@
+"""The EMQX REST API client: cut a device's live session after revoke, release or unlink.
+
+Only used when EMQX_API_URL, EMQX_API_KEY and EMQX_API_SECRET are set. A failure is logged
+and never breaks the caller: the token is revoked either way, and the session would end at
+its next reconnect.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from flask import current_app
+
+log = logging.getLogger("iot_server.emqx_api")
+TIMEOUT_SECONDS = 3
+
+
+def is_configured() -> bool:
+    """True when the EMQX API base URL, key and secret are all set."""
+    config = current_app.config
+    return bool(config["EMQX_API_URL"] and config["EMQX_API_KEY"] and config["EMQX_API_SECRET"])
+
+
+def disconnect(client_id: str) -> bool:
+    """`DELETE /api/v5/clients/{clientid}`; True when EMQX cut a session (204)."""
+    if not is_configured():
+        return False
+    config = current_app.config
+    url = "{}/api/v5/clients/{}".format(
+        config["EMQX_API_URL"].rstrip("/"), urllib.parse.quote(client_id, safe="")
+    )
+    credentials = f"{config['EMQX_API_KEY']}:{config['EMQX_API_SECRET']}".encode()
+    request = urllib.request.Request(
+        url,
+        method="DELETE",
+        headers={"Authorization": "Basic " + base64.b64encode(credentials).decode()},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+            return response.status == 204
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # CLIENTID_NOT_FOUND: not connected, nothing to cut
+            return False
+        log.warning("EMQX refused to disconnect a client: HTTP %s", exc.code)
+    except (urllib.error.URLError, OSError) as exc:
+        log.warning("EMQX API unreachable: %s", exc)
+    return False

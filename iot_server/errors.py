@@ -1,0 +1,105 @@
+"""One error shape for the device, owner and health APIs: `{"c": CODE, "error": ...}`.
+
+Blueprints raise `ApiError`; routing errors (404/405), the limiter's 429, oversized bodies
+(413) and unexpected exceptions all pass through the app-level handlers below, so no
+HTML page or stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from werkzeug.exceptions import HTTPException
+
+from .extensions import db
+
+log = logging.getLogger("iot_server.errors")
+
+OK = "OK"
+NOT_REGISTERED = "NOT_REGISTERED"
+FORBIDDEN = "FORBIDDEN"
+BAD_REQUEST = "BAD_REQUEST"
+NOT_FOUND = "NOT_FOUND"
+METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+TOO_LARGE = "TOO_LARGE"
+CONFLICT = "CONFLICT"
+RATE_LIMITED = "RATE_LIMITED"
+ERROR = "ERROR"
+
+CODE_BY_STATUS = {
+    400: BAD_REQUEST,
+    401: NOT_REGISTERED,
+    403: FORBIDDEN,
+    404: NOT_FOUND,
+    405: METHOD_NOT_ALLOWED,
+    409: CONFLICT,
+    413: TOO_LARGE,
+    429: RATE_LIMITED,
+}
+
+#: Exceptions that mean "the database is unreachable", as opposed to a bug in a query.
+DATABASE_OUTAGE = (OperationalError, PoolTimeoutError)
+
+
+class ApiError(Exception):
+    """An expected failure with its result code and HTTP status."""
+
+    def __init__(self, status: int, error: str | None = None, code: str | None = None):
+        super().__init__(error or "")
+        self.status = status
+        self.code = code or CODE_BY_STATUS.get(status, ERROR)
+        self.error = error
+
+
+def error_response(
+    status: int, error: str | None = None, code: str | None = None
+) -> Response:
+    """Build the JSON answer every error path returns."""
+    body = {"c": code or CODE_BY_STATUS.get(status, ERROR)}
+    if error:
+        body["error"] = error
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """True when `exc` says the database cannot be reached (not a query bug)."""
+    if isinstance(exc, DATABASE_OUTAGE):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def handle_api_error(exc: ApiError) -> Response:
+    """Answer an expected failure raised by a blueprint or the domain."""
+    return error_response(exc.status, exc.error, exc.code)
+
+
+def handle_http_exception(exc: HTTPException) -> Response:
+    """Routing 404/405, 413 and the limiter's 429, in our shape (headers kept)."""
+    status = exc.code or 500
+    error = None if status == 429 else (exc.description if status < 500 else None)
+    response = error_response(status, error)
+    if status == 405 and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def handle_unexpected(exc: Exception) -> Response:
+    """Anything else: roll back, log the trace server-side, answer 503 or 500."""
+    db.session.rollback()
+    if is_database_outage(exc):
+        log.error("database unavailable: %s", type(exc).__name__)
+        return error_response(503, "database unavailable")
+    log.exception("unhandled error")
+    return error_response(500, "internal error")
+
+
+def init_app(app: Flask) -> None:
+    """Register the handlers on the app, so every blueprint answers alike."""
+    app.register_error_handler(ApiError, handle_api_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

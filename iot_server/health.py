@@ -1,0 +1,41 @@
+"""Blueprint `health`: liveness, readiness and Prometheus metrics (no rate limits)."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, jsonify
+from sqlalchemy import text
+
+from . import metrics
+from .errors import error_response
+from .extensions import db, limiter
+
+bp = Blueprint("health", __name__)
+limiter.exempt(bp)
+log = logging.getLogger("iot_server.health")
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process is up; touches nothing else."""
+    return jsonify(c="OK")
+
+
+@bp.get("/readyz")
+def readyz():
+    """Ready when the database answers."""
+    try:
+        db.session.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure to reach the database means "not ready"
+        db.session.rollback()
+        log.warning("database not ready: %s", type(exc).__name__)
+        return error_response(503, "database unavailable")
+    return jsonify(c="OK")
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    """Prometheus text format, summed over all workers."""
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)

@@ -1,0 +1,93 @@
+"""The single model module: owners and devices. The pinger imports it too."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .extensions import db
+
+MASTER = "master"
+AGENT = "agent"
+DEVICE_KINDS = (MASTER, AGENT)
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the one clock of the models."""
+    return datetime.now(timezone.utc)
+
+
+class Owner(db.Model):
+    """A user account that claims masters and links agents to them."""
+
+    __tablename__ = "owners"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Stored lowercase: usernames are case-insensitive (SPEC.md, "Owner API").
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    devices: Mapped[list[Device]] = relationship(back_populates="owner")
+
+    def __repr__(self) -> str:
+        return f"<Owner {self.username}>"
+
+
+class Device(db.Model):
+    """A master controller or an agent sub-device, identified by its lowercase uuid."""
+
+    __tablename__ = "devices"
+    __table_args__ = (
+        CheckConstraint("kind IN ('master', 'agent')", name="ck_devices_kind"),
+        CheckConstraint("token_version >= 1", name="ck_devices_token_version"),
+    )
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(6))
+    name: Mapped[str | None] = mapped_column(String(64))
+    # Set for a claimed master; indexed for "my devices".
+    owner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("owners.id", ondelete="SET NULL"), index=True
+    )
+    # Set for a linked agent; indexed for "the agents of this master" (hooks, ACL).
+    master_uuid: Mapped[str | None] = mapped_column(
+        ForeignKey("devices.uuid", ondelete="SET NULL"), index=True
+    )
+    token_version: Mapped[int] = mapped_column(Integer, default=1)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The MQTT client id the broker hooks last authenticated for this device:
+    # the EMQX API kicks it on revoke, and ACL checks of other client ids fail.
+    mqtt_client_id: Mapped[str | None] = mapped_column(String(256))
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    owner: Mapped[Owner | None] = relationship(back_populates="devices")
+    master: Mapped[Device | None] = relationship(
+        remote_side=[uuid], back_populates="agents"
+    )
+    agents: Mapped[list[Device]] = relationship(
+        back_populates="master", order_by="Device.created_at"
+    )
+
+    @property
+    def is_registered(self) -> bool:
+        """A master is registered once claimed; an agent once linked to a master."""
+        if self.kind == MASTER:
+            return self.owner_id is not None
+        return self.master_uuid is not None
+
+    def __repr__(self) -> str:
+        return f"<Device {self.kind} {self.uuid}>"

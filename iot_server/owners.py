@@ -1,0 +1,70 @@
+"""Owner accounts: validation, creation and password checks (argon2id via argon2-cffi)."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from .errors import ApiError
+from .extensions import db
+from .models import Owner
+
+_USERNAME = re.compile(r"[a-z0-9_.-]{3,64}")
+PASSWORD_MIN, PASSWORD_MAX = 12, 256
+_hasher = PasswordHasher()
+
+
+@cache
+def _dummy_hash() -> str:
+    """A hash to check unknown usernames against, so they cost as much as known ones."""
+    return _hasher.hash("not-a-real-password-only-for-timing")
+
+
+def normalize_username(value: object) -> str:
+    """The lowercase username; 400 unless it is 3-64 of `a-z 0-9 _ . -`."""
+    if not isinstance(value, str) or not _USERNAME.fullmatch(value.lower()):
+        raise ApiError(400, "username must be 3-64 characters of a-z 0-9 _ . -")
+    return value.lower()
+
+
+def validate_password(value: object) -> str:
+    """The password; 400 unless it is a string of 12-256 characters."""
+    if not isinstance(value, str) or not PASSWORD_MIN <= len(value) <= PASSWORD_MAX:
+        raise ApiError(400, f"password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters")
+    return value
+
+
+def by_username(username: str) -> Owner | None:
+    """The owner with this (normalised) username, if any."""
+    return db.session.execute(select(Owner).filter_by(username=username)).scalar_one_or_none()
+
+
+def create(username: object, password: object) -> Owner:
+    """A new owner account; 409 when the username is taken."""
+    name = normalize_username(username)
+    secret = validate_password(password)
+    owner = Owner(username=name, password_hash=_hasher.hash(secret))
+    db.session.add(owner)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise ApiError(409, "username taken") from None
+    return owner
+
+
+def authenticate(username: object, password: object) -> Owner | None:
+    """The owner when the credentials match, else None (same cost either way)."""
+    if not isinstance(username, str) or not isinstance(password, str):
+        return None
+    owner = by_username(username.lower())
+    try:
+        _hasher.verify(owner.password_hash if owner else _dummy_hash(), password)
+    except (VerificationError, InvalidHashError):
+        return None
+    return owner

@@ -1,0 +1,68 @@
+"""Issue and verify device and owner tokens (flask-jwt-extended, HS256 pinned).
+
+Device tokens: `sub` = uuid, `role` = "device", `kind`, `ver` (the device's token version).
+Owner tokens: `sub` = owner id, `role` = "owner". `verify()` always names the role it
+expects, so neither kind of token can stand in for the other.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import current_app
+from flask_jwt_extended import create_access_token, decode_token
+from jwt import PyJWTError
+
+from .models import Device, Owner
+
+DEVICE = "device"
+OWNER = "owner"
+
+
+class InvalidToken(Exception):
+    """The token is missing, malformed, badly signed, expired or of the wrong role."""
+
+
+def issue_device_token(device: Device) -> str:
+    """A token for `device` at its current token version."""
+    return create_access_token(
+        identity=device.uuid,
+        additional_claims={"role": DEVICE, "kind": device.kind, "ver": device.token_version},
+        expires_delta=timedelta(seconds=current_app.config["DEVICE_TOKEN_TTL"]),
+    )
+
+
+def issue_owner_token(owner: Owner) -> str:
+    """A token for an owner account."""
+    return create_access_token(
+        identity=str(owner.id),
+        additional_claims={"role": OWNER},
+        expires_delta=timedelta(seconds=current_app.config["OWNER_TOKEN_TTL"]),
+    )
+
+
+def verify(token: str | None, role: str) -> dict:
+    """The claims of a valid, unexpired token of `role`; raise `InvalidToken` otherwise."""
+    if not token:
+        raise InvalidToken("missing token")
+    try:
+        claims = decode_token(token)
+    except (PyJWTError, ValueError, TypeError, KeyError) as exc:
+        raise InvalidToken(type(exc).__name__) from None
+    except Exception as exc:  # flask-jwt-extended's own errors (no common base with PyJWT)
+        raise InvalidToken(type(exc).__name__) from None
+    if claims.get("role") != role or not isinstance(claims.get("sub"), str):
+        raise InvalidToken("wrong role")
+    if role == DEVICE and not isinstance(claims.get("ver"), int):
+        raise InvalidToken("no version")
+    return claims
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
