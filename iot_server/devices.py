@@ -103,14 +103,15 @@ def claim(uuid: str, owner: Owner) -> tuple[Device, bool]:
 
 def release(device: Device) -> None:
     """Unclaim a master: its agents are unlinked, and it and they are revoked."""
+    sessions = []
     for agent in list(device.agents):
         agent.master_uuid = None
-        _revoke(agent)
+        sessions.append(_revoke(agent))
     device.owner_id = None
-    _revoke(device)
+    sessions.append(_revoke(device))
     db.session.commit()
     log.info("device released", extra={"device": device.uuid})
-    _disconnect([device, *device.agents])
+    _disconnect(sessions)
 
 
 def link(master_uuid: str, agent_uuid: str) -> tuple[Device, bool]:
@@ -129,8 +130,8 @@ def link(master_uuid: str, agent_uuid: str) -> tuple[Device, bool]:
         agent.master_uuid = master.uuid
         db.session.commit()
         log.info("agent linked", extra={"device": agent.uuid, "master": master.uuid})
-        # The master's ACL snapshot lacks the new agent's topic until it reconnects.
-        _disconnect([master])
+        # EMQX's ACL snapshot of the master lacks the new agent's topic until it reconnects.
+        _disconnect([master.mqtt_client_id])
     return agent, created
 
 
@@ -139,38 +140,42 @@ def unlink(master: Device, agent: Device) -> None:
     if agent.master_uuid != master.uuid:
         raise ApiError(404, "agent not linked to this master")
     agent.master_uuid = None
-    _revoke(agent)
+    sessions = [_revoke(agent), master.mqtt_client_id]
     db.session.commit()
     log.info("agent unlinked", extra={"device": agent.uuid, "master": master.uuid})
-    _disconnect([agent, master])
+    _disconnect(sessions)
 
 
 def revoke(device: Device) -> None:
     """Invalidate every token of the device and cut its live MQTT session."""
-    _revoke(device)
+    session = _revoke(device)
     db.session.commit()
     log.info("device revoked", extra={"device": device.uuid})
-    _disconnect([device])
+    _disconnect([session])
 
 
 def set_enabled(device: Device, enabled: bool) -> None:
     """Disable (refuse tokens and connections) or enable a device."""
     device.enabled = enabled
-    if not enabled:
-        _revoke(device)
+    session = None if enabled else _revoke(device)
     db.session.commit()
     log.info("device %s", "enabled" if enabled else "disabled", extra={"device": device.uuid})
-    if not enabled:
-        _disconnect([device])
+    _disconnect([session])
 
 
-def _revoke(device: Device) -> None:
-    """Bump the token version; the caller commits. The client id is kept for the kick."""
+def _revoke(device: Device) -> str | None:
+    """Bump the token version and forget the session; returns its client id to cut.
+
+    The caller commits. With the client id cleared, go-auth ACL checks of the old session
+    fail (see `broker_auth`), and the EMQX API is asked to disconnect it.
+    """
     device.token_version += 1
+    client_id, device.mqtt_client_id = device.mqtt_client_id, None
+    return client_id
 
 
-def _disconnect(devices: list[Device]) -> None:
-    """Cut the devices' live sessions on EMQX (when its API is configured), after commit."""
-    for device in devices:
-        if device.mqtt_client_id:
-            emqx_api.disconnect(device.mqtt_client_id)
+def _disconnect(client_ids: list[str | None]) -> None:
+    """Cut live sessions on EMQX (when its API is configured), after the commit."""
+    for client_id in client_ids:
+        if client_id:
+            emqx_api.disconnect(client_id)

@@ -1,0 +1,79 @@
+"""gunicorn settings for production: `gunicorn -c gunicorn.conf.py wsgi:app`.
+
+gunicorn also loads this file by itself from the working directory, so a bare
+`gunicorn wsgi:app` gets the same checks and settings.
+"""
+
+import os
+import sys
+import tempfile
+
+from iot_server.config import Config
+
+_config = Config()
+
+# Refuse to start without the secrets: one line naming every missing one, exit 1.
+_missing = _config.missing_secrets()
+_problems = [f"missing required environment variables: {', '.join(_missing)}"] if _missing else []
+if _config.DEVICE_MASTER_SECRET_KEY and (
+    _config.DEVICE_MASTER_SECRET_KEY == _config.DEVICE_AGENT_SECRET_KEY
+):
+    _problems.append("DEVICE_MASTER_SECRET_KEY and DEVICE_AGENT_SECRET_KEY must differ")
+if _problems:
+    sys.exit("iot_server: " + "; ".join(_problems))
+
+# Prometheus multiprocess mode: every worker writes its samples here and /metrics sums
+# them. It must be set before prometheus_client is imported by the app.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="iot_server_metrics_")
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+workers = _config.WEB_CONCURRENCY
+# Threads give keep-alive to brokers' connection pools (EMQX keeps 8 connections open)
+# and overlap database round trips.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+keepalive = 30
+timeout = 30
+graceful_timeout = 20
+forwarded_allow_ips = "*" if _config.TRUSTED_PROXIES else "127.0.0.1"
+
+# The access log as the same JSON lines as the app (python-json-logger).
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(L)s'
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {"()": "iot_server.logs.JsonLineFormatter"},
+        "access": {"()": "iot_server.logs.GunicornAccessFormatter"},
+        "text": {"format": "%(asctime)s %(levelname)-5s [%(name)s] %(message)s"},
+    },
+    "filters": {"context": {"()": "iot_server.logs.ContextFilter"}},
+    "handlers": {
+        "error": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+            "formatter": "json" if _config.LOG_FORMAT == "json" else "text",
+            "filters": ["context"],
+        },
+        "access": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+            "formatter": "access" if _config.LOG_FORMAT == "json" else "text",
+            "filters": ["context"],
+        },
+    },
+    "root": {"level": "INFO", "handlers": ["error"]},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["error"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+    },
+}
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges from the multiprocess metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
