@@ -1,0 +1,113 @@
+/*
+ * sm_interfaces.h - the small abstract interfaces the portable core talks to.
+ *
+ * The state machine (sm_client.h) never includes an Arduino header: it reaches
+ * time, HTTP, MQTT, storage and logging only through these classes. On the
+ * ESP8266 they are implemented by sm_arduino.cpp (millis(), ESP8266HTTPClient,
+ * PubSubClient, EEPROM, Serial); the host tests implement them with fakes.
+ * Plain C++11, no exceptions, no heap allocation.
+ */
+#ifndef SMSERVER_INTERFACES_H
+#define SMSERVER_INTERFACES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+namespace smserver {
+
+/** Monotonic milliseconds, wrapping at 2^32 like Arduino's millis(). */
+class Clock {
+ public:
+  virtual ~Clock() {}
+  virtual uint32_t millis() = 0;
+};
+
+/** One blocking HTTP GET at a time (bounded by the adapter's timeout). */
+class HttpClient {
+ public:
+  virtual ~HttpClient() {}
+  /**
+   * GET `path` (e.g. "/mqtt") with "Authorization: Bearer <bearer>".
+   * Copies at most bodySize-1 bytes of the body into `body`, NUL-terminated.
+   * Sets *retryAfterSeconds to the Retry-After header (delta-seconds form),
+   * or to -1 when the header is absent or unreadable.
+   * Returns the HTTP status, or a negative number when no HTTP answer arrived
+   * (DNS, TCP, TLS or timeout failure).
+   */
+  virtual int get(const char* path, const char* bearer, char* body,
+                  size_t bodySize, long* retryAfterSeconds) = 0;
+};
+
+/** Receives messages from MqttClient::loop(). */
+class MqttListener {
+ public:
+  virtual ~MqttListener() {}
+  /** `payload` is not NUL-terminated and is only valid during the call. */
+  virtual void onMqttMessage(const char* topic, const uint8_t* payload,
+                             size_t length) = 0;
+};
+
+/** PubSubClient's state() codes, which the core reads after a failed connect. */
+enum MqttState {
+  kMqttConnectionTimeout = -4,
+  kMqttConnectionLost = -3,
+  kMqttConnectFailed = -2,
+  kMqttDisconnected = -1,
+  kMqttConnected = 0,
+  kMqttBadProtocol = 1,
+  kMqttBadClientId = 2,
+  kMqttUnavailable = 3,
+  kMqttBadCredentials = 4,
+  kMqttUnauthorized = 5
+};
+
+/** The subset of PubSubClient the core needs. */
+class MqttClient {
+ public:
+  virtual ~MqttClient() {}
+  virtual void setListener(MqttListener* listener) = 0;
+  /** Opens the session (clean session); false with state() telling why. */
+  virtual bool connect(const char* host, uint16_t port, const char* clientId,
+                       const char* username, const char* password) = 0;
+  virtual bool connected() = 0;
+  /** One of MqttState. */
+  virtual int state() = 0;
+  /** Subscribes with QoS 1. */
+  virtual bool subscribe(const char* topic) = 0;
+  /** Publishes with QoS 0, not retained. */
+  virtual bool publish(const char* topic, const char* payload) = 0;
+  /** Services the socket; delivers messages to the listener. */
+  virtual void loop() = 0;
+  virtual void disconnect() = 0;
+};
+
+/** String values by short string keys; survives reboots. */
+class KeyValueStore {
+ public:
+  virtual ~KeyValueStore() {}
+  /** True and `out` filled when the key exists and fits in outSize-1 bytes. */
+  virtual bool get(const char* key, char* out, size_t outSize) = 0;
+  virtual bool put(const char* key, const char* value) = 0;
+  virtual bool remove(const char* key) = 0;
+};
+
+/** A byte array that persists after commit(): the ESP8266 EEPROM emulation. */
+class ByteStorage {
+ public:
+  virtual ~ByteStorage() {}
+  virtual size_t size() = 0;
+  virtual uint8_t read(size_t address) = 0;
+  virtual void write(size_t address, uint8_t value) = 0;
+  virtual bool commit() = 0;
+};
+
+/** Where the core's one-line status messages go (Serial on the device). */
+class Log {
+ public:
+  virtual ~Log() {}
+  virtual void line(const char* text) = 0;
+};
+
+}  // namespace smserver
+
+#endif  // SMSERVER_INTERFACES_H

@@ -1,0 +1,216 @@
+/*
+ * fakes.h - in-memory stand-ins for millis(), ESP8266HTTPClient, PubSubClient,
+ * EEPROM and Serial, implementing the core's interfaces. They script answers
+ * and record every call so tests can assert what the device did and when.
+ * The fake broker echoes a device's publishes back to its own subscriptions,
+ * as a real MQTT 3.1.1 broker does.
+ */
+#ifndef SMSERVER_TEST_FAKES_H
+#define SMSERVER_TEST_FAKES_H
+
+#include <cstring>
+#include <deque>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "sm_client.h"
+#include "sm_interfaces.h"
+#include "sm_kvstore.h"
+
+class FakeClock : public smserver::Clock {
+ public:
+  explicit FakeClock(uint32_t start = 1000) : now(start) {}
+  uint32_t millis() override { return now; }
+  void advance(uint32_t ms) { now += ms; }
+  uint32_t now;
+};
+
+struct HttpAnswer {
+  int status;
+  std::string body;
+  long retryAfter;  // -1: no header
+};
+
+struct HttpRequest {
+  std::string path;
+  std::string bearer;
+  uint32_t at;
+};
+
+class FakeHttp : public smserver::HttpClient {
+ public:
+  explicit FakeHttp(FakeClock& clock) : clock_(clock) {}
+
+  void answer(int status, const std::string& body = "", long retryAfter = -1) {
+    answers.push_back(HttpAnswer{status, body, retryAfter});
+  }
+
+  int get(const char* path, const char* bearer, char* body, size_t bodySize,
+          long* retryAfterSeconds) override {
+    requests.push_back(HttpRequest{path, bearer, clock_.now});
+    *retryAfterSeconds = -1;
+    if (answers.empty()) {  // unscripted: the network is down
+      body[0] = '\0';
+      return -1;
+    }
+    HttpAnswer a = answers.front();
+    answers.pop_front();
+    std::strncpy(body, a.body.c_str(), bodySize - 1);
+    body[bodySize - 1] = '\0';
+    *retryAfterSeconds = a.retryAfter;
+    return a.status;
+  }
+
+  size_t count(const std::string& prefix) const {
+    size_t n = 0;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      if (requests[i].path.compare(0, prefix.size(), prefix) == 0) ++n;
+    }
+    return n;
+  }
+
+  std::deque<HttpAnswer> answers;
+  std::vector<HttpRequest> requests;
+
+ private:
+  FakeClock& clock_;
+};
+
+struct MqttConnect {
+  std::string host;
+  uint16_t port;
+  std::string clientId, username, password;
+  uint32_t at;
+};
+
+struct MqttPublish {
+  std::string topic, payload;
+  uint32_t at;
+};
+
+class FakeMqtt : public smserver::MqttClient {
+ public:
+  explicit FakeMqtt(FakeClock& clock) : clock_(clock) {}
+
+  // Scripts the next connect() results; unscripted connects succeed.
+  void refuse(int state) { results.push_back(state); }
+
+  void setListener(smserver::MqttListener* l) override { listener_ = l; }
+
+  bool connect(const char* host, uint16_t port, const char* clientId, const char* username,
+               const char* password) override {
+    connects.push_back(MqttConnect{host, port, clientId, username, password, clock_.now});
+    subscriptions.clear();
+    int result = 0;
+    if (!results.empty()) {
+      result = results.front();
+      results.pop_front();
+    }
+    state_ = result;
+    connected_ = (result == smserver::kMqttConnected);
+    return connected_;
+  }
+  bool connected() override { return connected_; }
+  int state() override { return state_; }
+  bool subscribe(const char* topic) override {
+    if (!connected_) return false;
+    subscriptions.push_back(topic);
+    return true;
+  }
+  bool publish(const char* topic, const char* payload) override {
+    if (inCallback_) ++publishesInsideCallback;  // PubSubClient would corrupt its buffer
+    if (!connected_) return false;
+    publishes.push_back(MqttPublish{topic, payload, clock_.now});
+    if (echo && subscribed(topic)) inbound.push_back(std::make_pair(std::string(topic), std::string(payload)));
+    return true;
+  }
+  void loop() override {
+    ++loops;
+    std::deque<std::pair<std::string, std::string> > pending;
+    pending.swap(inbound);
+    while (connected_ && !pending.empty()) {
+      deliverNow(pending.front().first, pending.front().second);
+      pending.pop_front();
+    }
+  }
+  void disconnect() override {
+    connected_ = false;
+    state_ = smserver::kMqttDisconnected;
+  }
+
+  // Test controls.
+  void receive(const std::string& topic, const std::string& payload) {
+    inbound.push_back(std::make_pair(topic, payload));
+  }
+  void drop(int state = smserver::kMqttConnectionLost) {
+    connected_ = false;
+    state_ = state;
+  }
+  bool subscribed(const std::string& topic) const {
+    for (size_t i = 0; i < subscriptions.size(); ++i) {
+      if (subscriptions[i] == topic) return true;
+    }
+    return false;
+  }
+  size_t countPublishes(const std::string& topic, const std::string& payload) const {
+    size_t n = 0;
+    for (size_t i = 0; i < publishes.size(); ++i) {
+      if (publishes[i].topic == topic && publishes[i].payload == payload) ++n;
+    }
+    return n;
+  }
+
+  std::deque<int> results;
+  std::vector<MqttConnect> connects;
+  std::vector<std::string> subscriptions;
+  std::vector<MqttPublish> publishes;
+  std::deque<std::pair<std::string, std::string> > inbound;
+  bool echo = true;
+  int loops = 0;
+  int publishesInsideCallback = 0;
+
+ private:
+  void deliverNow(const std::string& topic, const std::string& payload) {
+    if (!listener_ || !subscribed(topic)) return;
+    inCallback_ = true;
+    listener_->onMqttMessage(topic.c_str(), reinterpret_cast<const uint8_t*>(payload.data()),
+                             payload.size());
+    inCallback_ = false;
+  }
+
+  FakeClock& clock_;
+  smserver::MqttListener* listener_ = nullptr;
+  bool connected_ = false;
+  bool inCallback_ = false;
+  int state_ = smserver::kMqttDisconnected;
+};
+
+/** The ESP8266 EEPROM emulation: a RAM image plus a commit counter. */
+class MemoryStorage : public smserver::ByteStorage {
+ public:
+  explicit MemoryStorage(size_t size = 512, uint8_t fill = 0xFF) : bytes(size, fill) {}
+  size_t size() override { return bytes.size(); }
+  uint8_t read(size_t address) override { return bytes.at(address); }
+  void write(size_t address, uint8_t value) override { bytes.at(address) = value; }
+  bool commit() override {
+    ++commits;
+    return true;
+  }
+  std::vector<uint8_t> bytes;
+  int commits = 0;
+};
+
+class RecordingLog : public smserver::Log {
+ public:
+  void line(const char* text) override { lines.push_back(text); }
+  bool contains(const std::string& fragment) const {
+    for (size_t i = 0; i < lines.size(); ++i) {
+      if (lines[i].find(fragment) != std::string::npos) return true;
+    }
+    return false;
+  }
+  std::vector<std::string> lines;
+};
+
+#endif  // SMSERVER_TEST_FAKES_H
