@@ -29,9 +29,9 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = _config.WEB_CONCURRENCY
-# Threads give keep-alive to brokers' connection pools (EMQX keeps 8 connections open)
-# and overlap database round trips.
-worker_class = "gthread"
+# gthread, with JSON error pages for requests gunicorn rejects itself. Threads give
+# keep-alive to brokers' connection pools (EMQX keeps 8 open) and overlap database waits.
+worker_class = "iot_server.serving.JsonErrorThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 keepalive = 30
 timeout = 30

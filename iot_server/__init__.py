@@ -44,7 +44,7 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
 
 
 def configure_derived(app: Flask) -> None:
-    """Settings computed from others: database default, JWT and limiter options."""
+    """Settings computed from others: the database default and the JWT options."""
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
         os.makedirs(app.instance_path, exist_ok=True)
         path = os.path.join(app.instance_path, "iot_server.sqlite")
@@ -58,17 +58,17 @@ def configure_derived(app: Flask) -> None:
         JWT_ALGORITHM="HS256",
         JWT_DECODE_ALGORITHMS=["HS256"],
         JWT_TOKEN_LOCATION=["headers"],
-        RATELIMIT_HEADERS_ENABLED=True,
-        # Limiter storage (Redis) down: keep serving on per-process counters and log it.
-        RATELIMIT_SWALLOW_ERRORS=True,
-        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
     )
 
 
 def register_blueprints(app: Flask) -> None:
     """The whole URL map in one place (each blueprint declares its own rate limit)."""
-    from . import auth, health, mqtt
+    from . import auth, emqx_hooks, health, mosquitto_hooks, mqtt, openapi, owner_devices
 
     app.register_blueprint(auth.bp, url_prefix="/auth")
     app.register_blueprint(mqtt.bp, url_prefix="/mqtt")
+    app.register_blueprint(owner_devices.bp, url_prefix="/devices")
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(emqx_hooks.bp)
+    app.register_blueprint(mosquitto_hooks.bp, url_prefix="/mosquitto")

@@ -10,7 +10,6 @@ import hmac
 import logging
 
 from flask import current_app
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from . import emqx_api

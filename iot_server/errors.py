@@ -37,7 +37,9 @@ CODE_BY_STATUS = {
     405: METHOD_NOT_ALLOWED,
     409: CONFLICT,
     413: TOO_LARGE,
+    414: TOO_LARGE,  # request line over gunicorn's limit (see serving.py)
     429: RATE_LIMITED,
+    431: TOO_LARGE,  # headers over gunicorn's limit
 }
 
 #: Exceptions that mean "the database is unreachable", as opposed to a bug in a query.
@@ -54,9 +56,7 @@ class ApiError(Exception):
         self.error = error
 
 
-def error_response(
-    status: int, error: str | None = None, code: str | None = None
-) -> Response:
+def error_response(status: int, error: str | None = None, code: str | None = None) -> Response:
     """Build the JSON answer every error path returns."""
     body = {"c": code or CODE_BY_STATUS.get(status, ERROR)}
     if error:

@@ -1,5 +1,6 @@
 """Flask extensions, created unbound here and bound in `create_app()`."""
 
+from flask import current_app, request
 from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
 from flask_migrate import Migrate
@@ -13,12 +14,22 @@ class Base(DeclarativeBase):
 
 def client_ip() -> str:
     """The rate-limit key: the client address after ProxyFix has applied TRUSTED_PROXIES."""
-    from flask import request
-
     return request.remote_addr or "unknown"
+
+
+def default_rate_limit() -> str:
+    """`RATELIMIT_DEFAULT`, read per request so every app uses its own config."""
+    return current_app.config["RATELIMIT_DEFAULT"]
 
 
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 jwt = JWTManager()
-limiter = Limiter(key_func=client_ip)
+limiter = Limiter(
+    key_func=client_ip,
+    default_limits=[default_rate_limit],
+    headers_enabled=True,
+    # Limiter storage (Redis) down: serve on per-process counters and log it, never fail.
+    swallow_errors=True,
+    in_memory_fallback_enabled=True,
+)

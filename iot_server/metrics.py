@@ -16,12 +16,14 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-from prometheus_client import multiprocess
 
 HTTP_REQUESTS = Counter(
-    "iot_http_requests_total", "HTTP requests by endpoint and status", ["endpoint", "method", "status"]
+    "iot_http_requests_total",
+    "HTTP requests by endpoint and status",
+    ["endpoint", "method", "status"],
 )
 HTTP_LATENCY = Histogram(
     "iot_http_request_duration_seconds",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     Boolean,
@@ -23,7 +23,7 @@ DEVICE_KINDS = (MASTER, AGENT)
 
 def utcnow() -> datetime:
     """Timezone-aware now, the one clock of the models."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Owner(db.Model):
@@ -75,9 +75,7 @@ class Device(db.Model):
     )
 
     owner: Mapped[Owner | None] = relationship(back_populates="devices")
-    master: Mapped[Device | None] = relationship(
-        remote_side=[uuid], back_populates="agents"
-    )
+    master: Mapped[Device | None] = relationship(remote_side=[uuid], back_populates="agents")
     agents: Mapped[list[Device]] = relationship(
         back_populates="master", order_by="Device.created_at"
     )

@@ -7,7 +7,10 @@ Database tests run on SQLite, and on PostgreSQL too when TEST_DATABASE_URL is se
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -16,7 +19,9 @@ import time
 import uuid as uuidlib
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import text
 from werkzeug.serving import make_server
 
@@ -241,8 +246,15 @@ class BrokerProcess:
 
     def start(self) -> BrokerProcess:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "iot_server.dev_broker", "--port", str(self.port),
-             "--api-port", str(self.api_port)],
+            [
+                sys.executable,
+                "-m",
+                "iot_server.dev_broker",
+                "--port",
+                str(self.port),
+                "--api-port",
+                str(self.api_port),
+            ],
             cwd=ROOT,
         )
         wait_for_port(self.port)
@@ -292,3 +304,197 @@ def redis_url() -> str:
     except Exception as exc:  # noqa: BLE001
         service_unavailable(f"redis at {url}: {exc}")
     return url
+
+
+# ---------------------------------------------------------------- fault injection
+
+
+class TcpProxy:
+    """A loopback TCP forwarder that can be cut and restored, to simulate an outage of
+    the service behind it (PostgreSQL, a broker) without touching the real service."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> TcpProxy:
+        """Accept connections and forward them."""
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", self.port))
+        self._listener.listen(64)
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+        return self
+
+    def cut(self) -> None:
+        """Close the listener and every forwarded connection: the service is 'down'."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            sockets, self._sockets = self._sockets, set()
+        for sock in [listener, *sockets]:
+            if sock is None:
+                continue
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    stop = cut
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                downstream, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                downstream.close()
+                continue
+            with self._lock:
+                self._sockets.update((downstream, upstream))
+            for a, b in ((downstream, upstream), (upstream, downstream)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A PostgreSQL database URL: TEST_DATABASE_URL, else `iot_server_test` on the
+    machine's local server (created when missing)."""
+    from sqlalchemy import create_engine
+
+    if os.environ.get("TEST_DATABASE_URL"):
+        url = database_url(os.environ["TEST_DATABASE_URL"])
+    else:
+        url = "postgresql+psycopg://postgres@127.0.0.1:5432/iot_server_test"
+    server = create_engine(
+        url.rsplit("/", 1)[0] + "/postgres",
+        isolation_level="AUTOCOMMIT",
+        connect_args={"connect_timeout": 2},
+    )
+    try:
+        with server.connect() as connection:
+            name = url.rsplit("/", 1)[1]
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).scalar()
+            if not exists:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001
+        service_unavailable(f"postgresql at {url}: {exc}")
+    finally:
+        server.dispose()
+    return url
+
+
+# ---------------------------------------------------------------- MQTT devices
+
+
+PING_PAYLOAD = '{"c":"PING"}'
+
+
+class FakeDevice:
+    """A device's MQTT session (paho): subscribes to its ping topic, records what arrives."""
+
+    def __init__(self, port: int, uuid: str | None = None, password: str | None = None):
+        self.uuid = uuid or new_uuid()
+        self.topic = f"device/{self.uuid}/ping"
+        self.messages: queue.Queue[tuple[dict | None, mqtt.MQTTMessage]] = queue.Queue()
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{self.uuid}")
+        if password is not None:
+            self.client.username_pw_set(f"device_{self.uuid}", password)
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *args: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(  # synchronous: a refused login fails here, loudly
+            "127.0.0.1", port, keepalive=10
+        )
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "device could not subscribe"
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if not reason_code.is_failure:
+            client.subscribe(self.topic, qos=1)
+
+    def _on_message(self, client, userdata, message):
+        try:
+            body = json.loads(message.payload)
+        except (ValueError, RecursionError):
+            body = None
+        self.messages.put((body, message))
+
+    def send(self, payload: str | bytes, topic: str | None = None) -> None:
+        self.client.publish(topic or self.topic, payload, qos=0).wait_for_publish(5)
+
+    def from_server(self, timeout: float = 5.0) -> tuple[dict, mqtt.MQTTMessage]:
+        """The next message the server sent (skipping the device's own echoes)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("nothing from the server")
+            try:
+                body, message = self.messages.get(timeout=remaining)
+            except queue.Empty:
+                raise AssertionError("nothing from the server") from None
+            if isinstance(body, dict) and body.get("src") == "server":
+                return body, message
+
+    def server_messages(self, during: float) -> list[tuple[float, dict]]:
+        """Every server message in the next `during` seconds, with its arrival time."""
+        found = []
+        deadline = time.monotonic() + during
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                body, _ = self.messages.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if isinstance(body, dict) and body.get("src") == "server":
+                found.append((time.monotonic(), body))
+        return found
+
+    def ping_until_pong(self, timeout: float = 10.0) -> dict:
+        """PING every half second until the server answers (it may still be connecting)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.send(PING_PAYLOAD)
+            try:
+                return self.from_server(timeout=0.5)[0]
+            except AssertionError:
+                continue
+        raise AssertionError("no PONG")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def fake_devices():
+    """Factory of device sessions, all closed at the end."""
+    made: list[FakeDevice] = []
+
+    def make(port: int, **kwargs) -> FakeDevice:
+        device = FakeDevice(port, **kwargs)
+        made.append(device)
+        return device
+
+    yield make
+    for device in made:
+        device.close()

@@ -1,7 +1,6 @@
 """GET /auth/devices/request: every result code, bad input, and the secret-first rule."""
 
 import pytest
-
 from conftest import AGENT_SECRET, MASTER_SECRET, new_uuid
 
 URL = "/auth/devices/request"
@@ -18,7 +17,10 @@ def test_unknown_master_is_created_and_not_registered(client, devices):
     uuid = new_uuid()
     response = request_token(client, uuid)
     assert response.status_code == 401
-    assert response.get_json() == {"c": "NOT_REGISTERED", "error": "device not yet claimed by an owner"}
+    assert response.get_json() == {
+        "c": "NOT_REGISTERED",
+        "error": "device not yet claimed by an owner",
+    }
     assert devices.get(uuid).kind == "master"
 
 

@@ -1,0 +1,214 @@
+"""Configuration from the environment, and production's refusal to start without secrets."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, free_port, wait_for_port
+
+from iot_server.config import REQUIRED_SECRETS, Config, DevelopmentConfig, database_url
+
+SECRETS = {
+    "JWT_SECRET": "j" * 40,
+    "DEVICE_MASTER_SECRET_KEY": "m" * 20,
+    "DEVICE_AGENT_SECRET_KEY": "a" * 20,
+    "MQTT_SECRET_KEY": "q" * 20,
+}
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in [
+        *REQUIRED_SECRETS,
+        "DATABASE_URL",
+        "MQTT_HOST",
+        "LOG_FORMAT",
+        "DEBUG",
+        "RATELIMIT_STORAGE_URI",
+        "TRUSTED_PROXIES",
+        "WEB_CONCURRENCY",
+    ]:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_defaults_follow_the_spec(clean_env):
+    config = Config()
+    assert config.MQTT_HOST == "localhost:1883"
+    assert config.MQTT_BROKER_URL == "mqtt://localhost:1883"
+    assert config.DEVICE_TOKEN_TTL == 1209600
+    assert config.OWNER_TOKEN_TTL == 86400
+    assert 2 * (os.cpu_count() or 1) + 1 == config.WEB_CONCURRENCY
+    assert config.RATELIMIT_STORAGE_URI == "memory://"
+    assert config.RATELIMIT_AUTH == "5 per 5 seconds"
+    assert config.RATELIMIT_DEFAULT == "200 per 30 seconds"
+    assert config.TRUSTED_PROXIES == 0
+    assert config.HOOK_TRUSTED_NETWORKS == "127.0.0.0/8,::1"
+    assert config.AUTH_NEGATIVE_TTL == 5
+    assert config.MQTT_SERVICE_USERNAME == "iot-server"
+    assert config.LOG_FORMAT == "json"
+    assert DevelopmentConfig().LOG_FORMAT == "text"
+    assert config.DEBUG_LOGS is False
+    assert config.SQLALCHEMY_DATABASE_URI is None
+    assert config.missing_secrets() == list(REQUIRED_SECRETS)
+
+
+def test_environment_overrides(clean_env):
+    clean_env.setenv("MQTT_HOST", "mqtt.example.test:8883")
+    clean_env.setenv("DEBUG", "true")
+    clean_env.setenv("TRUSTED_PROXIES", "1")
+    for name, value in SECRETS.items():
+        clean_env.setenv(name, value)
+    config = Config()
+    assert config.MQTT_HOST == "mqtt.example.test:8883"
+    assert config.DEBUG_LOGS is True
+    assert config.TRUSTED_PROXIES == 1
+    assert config.missing_secrets() == []
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgres://u:p@h:5432/d", "postgresql+psycopg://u:p@h:5432/d"),
+        ("postgresql://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("postgresql+psycopg://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+        (None, None),
+    ],
+)
+def test_database_url_accepts_heroku_style(given, expected):
+    assert database_url(given) == expected
+
+
+def test_postgres_scheme_url_works_end_to_end(postgres_url, monkeypatch):
+    """A Railway/Heroku `postgres://` URL reaches the database."""
+    from sqlalchemy import text
+
+    from iot_server import create_app
+    from iot_server.extensions import db
+
+    heroku_style = postgres_url.replace("postgresql+psycopg://", "postgres://")
+    monkeypatch.setenv("DATABASE_URL", heroku_style)
+    monkeypatch.setenv("IOT_ENV", "development")
+    app = create_app()
+    with app.app_context():
+        assert db.session.execute(text("SELECT 1")).scalar() == 1
+        db.engine.dispose()
+
+
+def gunicorn(env, port, workers=1):
+    return subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env={**env, "PORT": str(port), "WEB_CONCURRENCY": str(workers)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def base_env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in REQUIRED_SECRETS}
+    env.pop("IOT_ENV", None)
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'prod.sqlite'}"
+    return env
+
+
+def test_gunicorn_refuses_to_start_without_secrets(tmp_path):
+    env = base_env(tmp_path)
+    env["JWT_SECRET"] = "x" * 40
+    process = gunicorn(env, free_port())
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode != 0
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "DEVICE_MASTER_SECRET_KEY" in lines[0]
+    assert "DEVICE_AGENT_SECRET_KEY" in lines[0]
+    assert "MQTT_SECRET_KEY" in lines[0]
+    assert "JWT_SECRET," not in lines[0]
+
+
+def test_gunicorn_refuses_equal_registration_secrets(tmp_path):
+    env = {
+        **base_env(tmp_path),
+        **SECRETS,
+        "DEVICE_AGENT_SECRET_KEY": SECRETS["DEVICE_MASTER_SECRET_KEY"],
+    }
+    process = gunicorn(env, free_port())
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode != 0
+    assert "must differ" in stderr
+
+
+def test_gunicorn_serves_json_logs_and_metrics_of_all_workers(tmp_path):
+    import json
+
+    import requests
+
+    env = {**base_env(tmp_path), **SECRETS}
+    migrate = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    port = free_port()
+    process = gunicorn(env, port, workers=2)
+    try:
+        wait_for_port(port, timeout=20)
+        for _ in range(20):  # a new connection each: both workers serve some
+            requests.get(f"http://127.0.0.1:{port}/healthz", headers={"Connection": "close"})
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics").text
+        healthz = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith('iot_http_requests_total{endpoint="/healthz"')
+        ]
+        assert healthz and float(healthz[0].split()[-1]) == 20.0, healthz
+        response = requests.get(
+            f"http://127.0.0.1:{port}/healthz", headers={"X-Request-ID": "req-42"}
+        )
+        assert response.json() == {"c": "OK"}
+        assert response.headers["X-Request-ID"] == "req-42"
+        secret = SECRETS["DEVICE_MASTER_SECRET_KEY"]
+        uuid = "0f0e0d0c-0b0a-4908-8706-050403020100"
+        registration = requests.get(
+            f"http://127.0.0.1:{port}/auth/devices/request?uuid={uuid}",
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+        assert registration.json()["c"] == "NOT_REGISTERED"
+    finally:
+        process.terminate()
+        stdout, stderr = process.communicate(timeout=30)
+    records = [json.loads(line) for line in (stdout + stderr).splitlines() if line.startswith("{")]
+    access = [r for r in records if r.get("logger") == "access"]
+    assert any(r["path"] == "/healthz" and r["request_id"] == "req-42" for r in access)
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    assert secret not in stdout + stderr
+
+
+def test_gunicorn_own_errors_are_json_not_html(tmp_path):
+    """Requests gunicorn rejects before the app (huge request line, huge header)."""
+    import requests
+
+    env = {**base_env(tmp_path), **SECRETS}
+    port = free_port()
+    process = gunicorn(env, port)
+    try:
+        wait_for_port(port, timeout=20)
+        base = f"http://127.0.0.1:{port}"
+        long_line = requests.get(f"{base}/auth/devices/request?uuid={'x' * 9000}")
+        assert long_line.status_code == 414
+        assert long_line.headers["Content-Type"] == "application/json"
+        assert long_line.json()["c"] == "TOO_LARGE"
+        big_header = requests.get(f"{base}/healthz", headers={"X-Big": "y" * 9000})
+        assert big_header.status_code == 431
+        assert big_header.json()["c"] == "TOO_LARGE"
+        assert requests.get(f"{base}/healthz").json() == {"c": "OK"}
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
