@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-host", default="127.0.0.1")
     parser.add_argument("--api-port", type=int, default=5000)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s [broker] %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s [broker] %(message)s"
+    )
 
     async def run() -> None:
         stop = asyncio.Event()

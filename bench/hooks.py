@@ -1,0 +1,345 @@
+"""Benchmark the broker hooks against gunicorn + PostgreSQL, with /healthz as the ceiling.
+
+    python bench/hooks.py [--duration 10] [--clients 64] [--workers N] [--load-processes 2]
+
+It creates (or empties) the PostgreSQL database `iot_bench` on postgres@127.0.0.1 (override
+with BENCH_DATABASE_URL), migrates it with `flask --app wsgi db upgrade`, seeds masters and
+agents, starts `gunicorn -c gunicorn.conf.py wsgi:app` on a free port, and drives each
+endpoint for `--duration` seconds with `--clients` concurrent keep-alive connections
+(asyncio + aiohttp, spread over `--load-processes` processes). It prints requests/s, p50 and
+p99 latency and the ratio to /healthz, then stops gunicorn. The load generator runs on the
+same machine and competes with gunicorn for the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/iot_bench"
+SECRETS = {
+    "JWT_SECRET": "bench-jwt-secret-0123456789abcdef0123456789abcdef",
+    "DEVICE_MASTER_SECRET_KEY": "bench-master-secret",
+    "DEVICE_AGENT_SECRET_KEY": "bench-agent-secret",
+    "MQTT_SECRET_KEY": "bench-mqtt-secret",
+}
+ENDPOINTS = ("healthz", "emqx_authn", "emqx_authz", "mosquitto_acl")
+TARGETS = {"emqx_authn": 0.6, "emqx_authz": 0.8, "mosquitto_acl": 0.8}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_env(database_url: str, port: int, workers: int | None) -> dict[str, str]:
+    """The environment of gunicorn and of the flask commands."""
+    env = {
+        **os.environ,
+        **SECRETS,
+        "DATABASE_URL": database_url,
+        "PORT": str(port),
+        "IOT_ENV": "production",
+        "LOG_FORMAT": "json",
+    }
+    if workers:
+        env["WEB_CONCURRENCY"] = str(workers)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env
+
+
+def reset_database(database_url: str) -> None:
+    """Create the bench database, or drop its tables when it exists."""
+    from sqlalchemy import create_engine, text
+
+    from iot_server.config import database_url as normalise
+
+    url = normalise(database_url)
+    base, name = url.rsplit("/", 1)
+    server = create_engine(base + "/postgres", isolation_level="AUTOCOMMIT")
+    with server.connect() as connection:
+        exists = connection.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        ).scalar()
+        if not exists:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    server.dispose()
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS devices, owners, alembic_version CASCADE"))
+    engine.dispose()
+
+
+def seed(env: dict[str, str], masters: int, agents_per_master: int) -> list[dict]:
+    """Create an owner, masters and agents; return each device's uuid, token and client id."""
+    os.environ.update({k: env[k] for k in (*SECRETS, "DATABASE_URL", "IOT_ENV")})
+    from iot_server import create_app, tokens
+    from iot_server.extensions import db
+    from iot_server.models import AGENT, MASTER, Device, Owner
+
+    app = create_app()
+    seeded = []
+    with app.app_context():
+        owner = Owner(username="bench", password_hash="x")
+        db.session.add(owner)
+        db.session.flush()
+        for _ in range(masters):
+            master = Device(uuid=str(uuidlib.uuid4()), kind=MASTER, owner_id=owner.id)
+            db.session.add(master)
+            group = [master]
+            for _ in range(agents_per_master):
+                group.append(Device(uuid=str(uuidlib.uuid4()), kind=AGENT, master_uuid=master.uuid))
+            db.session.add_all(group[1:])
+            db.session.flush()
+            for device in group:
+                # Remember the client id up front, as after each device's first CONNECT.
+                device.mqtt_client_id = f"esp-{device.uuid[:8]}"
+                seeded.append(
+                    {
+                        "uuid": device.uuid,
+                        "token": tokens.issue_device_token(device),
+                        "clientid": device.mqtt_client_id,
+                    }
+                )
+        db.session.commit()
+        db.engine.dispose()
+    return seeded
+
+
+def request_for(endpoint: str, device: dict) -> tuple[str, str, dict | None, dict]:
+    """Method, path, JSON body and headers of one request, as the brokers send it."""
+    bearer = {"Authorization": "Bearer " + SECRETS["MQTT_SECRET_KEY"]}
+    username = "device_" + device["uuid"]
+    if endpoint == "healthz":
+        return "GET", "/healthz", None, {}
+    if endpoint == "emqx_authn":
+        body = {
+            "clientid": device["clientid"],
+            "username": username,
+            "password": device["token"],
+            "peerhost": "10.0.0.7",
+        }
+        return "POST", "/emqx/authn", body, bearer
+    if endpoint == "emqx_authz":
+        body = {
+            "clientid": device["clientid"],
+            "username": username,
+            "topic": f"device/{device['uuid']}/ping",
+            "action": "publish",
+            "qos": "1",
+            "retain": "false",
+        }
+        return "POST", "/emqx/authz", body, bearer
+    # go-auth and amqtt send no header: the loopback address is trusted.
+    body = {
+        "username": username,
+        "clientid": device["clientid"],
+        "topic": f"device/{device['uuid']}/ping",
+        "acc": 1,
+    }
+    return "POST", "/mosquitto/acl", body, {}
+
+
+async def drive(
+    base: str,
+    endpoint: str,
+    devices: list[dict],
+    clients: int,
+    seconds: float,
+    spread: bool,
+    offset: int,
+    interval: float | None = None,
+):
+    """`clients` keep-alive connections, each sending back to back, or one request every
+    `interval` seconds (latency then counts from the scheduled time, so a slow answer is
+    not hidden by the requests it delayed); returns latencies and the error count."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def one_client(index: int) -> None:
+        nonlocal errors
+        rng = random.Random(index)
+        own = devices[index % len(devices)]
+        scheduled = time.perf_counter() + (rng.random() * interval if interval else 0)
+        connector = aiohttp.TCPConnector(limit=1, force_close=False)
+        async with aiohttp.ClientSession(base, connector=connector) as session:
+            while time.perf_counter() < deadline:
+                device = rng.choice(devices) if spread else own
+                method, path, body, headers = request_for(endpoint, device)
+                if interval:
+                    await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+                    started, scheduled = scheduled, scheduled + interval
+                else:
+                    started = time.perf_counter()
+                async with session.request(method, path, json=body, headers=headers) as response:
+                    await response.read()
+                    ok = response.status == 200
+                latencies.append(time.perf_counter() - started)
+                if not ok:
+                    errors += 1
+
+    await asyncio.gather(*(one_client(offset + index) for index in range(clients)))
+    return latencies, errors
+
+
+def load_process(args: tuple) -> tuple[list[float], int]:
+    """One load-generator process: its share of the clients, on its own event loop."""
+    return asyncio.run(drive(*args))
+
+
+def measure(pool, base, endpoint, devices, clients, processes, spread, rate, seconds) -> dict:
+    """Run one endpoint across the load processes and summarise it."""
+    interval = clients / rate if rate else None
+    shares = [clients // processes + (i < clients % processes) for i in range(processes)]
+    offsets = [sum(shares[:i]) for i in range(processes)]
+    jobs = [
+        (base, endpoint, devices, n, seconds, spread, offset, interval)
+        for n, offset in zip(shares, offsets, strict=True)
+    ]
+    started = time.perf_counter()
+    results = pool.map(load_process, jobs)
+    elapsed = time.perf_counter() - started
+    latencies = sorted(latency for part, _ in results for latency in part)
+    errors = sum(errors for _, errors in results)
+    return {
+        "endpoint": endpoint,
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+    }
+
+
+def wait_ready(base: str, process: subprocess.Popen, timeout: float = 30) -> None:
+    """Block until gunicorn answers /healthz."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"gunicorn exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit("gunicorn did not become ready")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Set up, run every endpoint, print the table, tear down."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per endpoint")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--load-processes", type=int, default=2)
+    parser.add_argument("--workers", type=int, help="WEB_CONCURRENCY (default: 2 × cores + 1)")
+    parser.add_argument("--masters", type=int, default=200)
+    parser.add_argument("--agents", type=int, default=2, help="agents per master")
+    parser.add_argument(
+        "--endpoints", default=",".join(ENDPOINTS), help="comma-separated subset to run"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="offered load in requests/s over all clients (default: as fast as possible)",
+    )
+    parser.add_argument(
+        "--spread",
+        action="store_true",
+        help="every request picks a random device (topic checks then mostly miss the "
+        "per-process device cache); by default each client keeps to one device, as a "
+        "device's session does",
+    )
+    args = parser.parse_args(argv)
+    # Run as `python bench/hooks.py`: the project root is not on the path by itself.
+    sys.path.insert(0, str(ROOT))
+
+    database_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE)
+    port = free_port()
+    env = bench_env(database_url, port, args.workers)
+    reset_database(database_url)
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    devices = seed(env, args.masters, args.agents)
+    base = f"http://127.0.0.1:{port}"
+    gunicorn = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    rows = []
+    try:
+        wait_ready(base, gunicorn)
+        workers = env.get("WEB_CONCURRENCY") or str(2 * (os.cpu_count() or 1) + 1)
+        print(
+            f"gunicorn: {workers} workers × {env.get('GUNICORN_THREADS', '4')} threads (gthread), "
+            f"PostgreSQL; {len(devices)} devices; {args.clients} keep-alive clients in "
+            f"{args.load_processes} load processes; {args.duration:.0f} s per endpoint; "
+            f"{'a random device per request' if args.spread else 'one device per client'}; "
+            f"{f'offered {args.rate:.0f} req/s' if args.rate else 'closed loop'}; "
+            f"{os.cpu_count()} cores shared with the load generator",
+            flush=True,
+        )
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(args.load_processes) as pool:
+            # /healthz first and last: the ceiling is their mean, which evens out drift
+            # in what else the machine is doing during the run.
+            plan = ["healthz", *(e for e in args.endpoints.split(",") if e != "healthz")]
+            for endpoint in [*plan, "healthz"]:
+                load = (pool, base, endpoint, devices, args.clients, args.load_processes)
+                load = (*load, args.spread, args.rate)
+                measure(*load, args.warmup)
+                rows.append(measure(*load, args.duration))
+    finally:
+        os.killpg(gunicorn.pid, signal.SIGTERM)
+        try:
+            gunicorn.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(gunicorn.pid, signal.SIGKILL)
+            gunicorn.wait()
+
+    ceilings = [row for row in rows if row["endpoint"] == "healthz"]
+    ceiling = statistics.mean(row["rps"] for row in ceilings)
+    runs = " and ".join(f"{row['rps']:.0f}" for row in ceilings)
+    print(f"/healthz ceiling: mean of {runs} req/s")
+    print("\n| endpoint | requests/s | p50 ms | p99 ms | ratio to /healthz | target | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        target = TARGETS.get(row["endpoint"])
+        print(
+            f"| {row['endpoint']} | {row['rps']:.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} "
+            f"| {row['rps'] / ceiling:.2f} | {f'≥ {target}' if target else '—'} "
+            f"| {row['errors']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Blueprint `emqx_hooks`: EMQX 5.8's HTTP authentication and authorization hooks.
+
+EMQX renders every body field as a string, sends `""` for an undefined placeholder and an
+unknown one literally (BROKERS.md), and reads a 200 JSON `result`; a 5xx would mean
+"ignore", so every failure here, the database's included, answers 200 `deny`.
+`/mqtt/auth` keeps the seed's authn URL, with the secret in the body's `token`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, jsonify, request
+
+from . import broker_auth, policy
+from .broker_auth import ALLOW, DENY, IGNORE, Decision
+from .errors import error_response
+from .extensions import limiter
+
+AUTHN_PATH = "/emqx/authn"
+AUTHZ_PATH = "/emqx/authz"
+SEED_AUTHN_PATH = "/mqtt/auth"
+#: The body our emqx/ config sends each hook (tests/test_deploy.py compares them).
+AUTHN_BODY_FIELDS = ("clientid", "username", "password", "peerhost")
+AUTHZ_BODY_FIELDS = ("clientid", "username", "topic", "action", "qos", "retain")
+
+#: EMQX's `${action}` values; anything else is denied.
+EMQX_ACTIONS = {"publish": (policy.PUBLISH,), "subscribe": (policy.SUBSCRIBE,)}
+
+bp = Blueprint("emqx_hooks", __name__)
+limiter.exempt(bp)
+bp.record_once(lambda setup: broker_auth.init_app(setup.app))
+log = logging.getLogger("iot_server.hooks.emqx")
+
+
+@bp.post(AUTHN_PATH)
+def authn():
+    """Decide a CONNECT: allow (with client_attrs, expire_at, acl), deny or ignore."""
+    if not caller_allowed():
+        return forbidden("emqx_authn")
+    return authn_answer("emqx_authn", broker_auth.read_body(request))
+
+
+@bp.post(SEED_AUTHN_PATH)
+def seed_authn():
+    """The seed's authn URL: the secret comes in the body's `token` instead of a header."""
+    body = broker_auth.read_body(request)
+    token = body.get("token") if body else None
+    if token is not None:
+        if not broker_auth.secret_matches(token):
+            return forbidden("mqtt_auth")
+    elif not caller_allowed():
+        return forbidden("mqtt_auth")
+    return authn_answer("mqtt_auth", body)
+
+
+@bp.post(AUTHZ_PATH)
+def authz():
+    """Decide a publish or subscribe: allow, deny, or ignore for usernames not ours."""
+    if not caller_allowed():
+        return forbidden("emqx_authz")
+    body = broker_auth.read_body(request)
+    if body is None:
+        return malformed("emqx_authz")
+    fields = [body.get(name) for name in ("username", "clientid", "topic", "action")]
+    if not all(isinstance(value, str) for value in fields):
+        return answer("emqx_authz", Decision(DENY, "malformed body"))
+    username, clientid, topic, action = fields
+    actions = EMQX_ACTIONS.get(action)
+    if actions is None:
+        return answer("emqx_authz", Decision(DENY, "unknown action"))
+    return answer("emqx_authz", broker_auth.authorize(username, clientid, actions, topic))
+
+
+def caller_allowed() -> bool:
+    """The request carries the secret header, or comes header-less from a trusted network."""
+    return broker_auth.caller_allowed(request.headers.get("Authorization"), request.remote_addr)
+
+
+def authn_answer(hook: str, body: dict | None):
+    """Shape an authentication decision as EMQX 5.8 reads it."""
+    if body is None:
+        return malformed(hook)
+    fields = [body.get(name) for name in ("username", "password", "clientid")]
+    if not all(isinstance(value, str) for value in fields):
+        return answer(hook, Decision(DENY, "malformed body"))
+    decision = broker_auth.authenticate(*fields)
+    if not decision.allowed:
+        return answer(hook, decision)
+    identity = decision.identity
+    result = {"result": ALLOW, "is_superuser": False}
+    if identity.role == policy.SERVICE_ROLE:
+        result["client_attrs"] = {"role": policy.SERVICE_ROLE}
+    else:
+        # EMQX accepts only string keys and string values here (BROKERS.md).
+        result["client_attrs"] = {"role": policy.DEVICE_ROLE, "kind": identity.kind}
+        # Integer seconds: milliseconds or a past value would reject the connection.
+        result["expire_at"] = decision.expire_at
+    result["acl"] = policy.emqx_acl(identity)
+    broker_auth.record(hook, ALLOW)
+    return jsonify(result)
+
+
+def answer(hook: str, decision: Decision):
+    """`{"result": allow|deny|ignore}` with 200, the only status EMQX reads a result from."""
+    result = decision.result if decision.result in (ALLOW, DENY, IGNORE) else DENY
+    broker_auth.record(hook, result)
+    if result != ALLOW:
+        log.debug("%s: %s (%s)", hook, result, decision.reason)
+    return jsonify(result=result)
+
+
+def malformed(hook: str):
+    """A body that is neither JSON nor a form: 400, which EMQX also treats as no allow."""
+    broker_auth.record(hook, "malformed")
+    return jsonify(result=DENY, error="malformed body"), 400
+
+
+def forbidden(hook: str):
+    """No decision for a caller without the secret (EMQX then asks no one else)."""
+    broker_auth.record(hook, "forbidden")
+    log.warning("%s: caller refused (no valid secret, untrusted address)", hook)
+    return error_response(403, "hook caller not trusted")
