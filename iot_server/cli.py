@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 
 import click
-from flask import Flask
-from flask.cli import AppGroup
+from flask import Flask, current_app
+from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
 from . import devices, owners
@@ -122,7 +122,37 @@ def enable_device(uuid: str) -> None:
     click.echo(f"{device.uuid} enabled")
 
 
+@click.command("pinger")
+@click.option(
+    "--stats-interval", default=60.0, show_default=True, help="Seconds between stats log lines."
+)
+@with_appcontext
+def pinger_command(stats_interval: float) -> None:
+    """Run the MQTT pinger: answer PINGs, re-PING quiet devices, record last_seen_at."""
+    from . import pinger
+
+    status = pinger.run_from_app(current_app._get_current_object(), stats_interval=stats_interval)
+    sys.exit(status)
+
+
+@click.command("dev")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--port", default=5000, show_default=True, help="The API's HTTP port.")
+@click.option("--mqtt-port", default=1883, show_default=True, help="The embedded broker's port.")
+def dev_command(host: str, port: int, mqtt_port: int) -> None:
+    """Run the API, the embedded amqtt broker and the pinger together (development)."""
+    from . import devstack
+
+    try:
+        status = devstack.run(host, port, mqtt_port, echo=click.echo)
+    except devstack.StackError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(status)
+
+
 def init_app(app: Flask) -> None:
     """Register the command groups on the app."""
     app.cli.add_command(users_cli)
     app.cli.add_command(devices_cli)
+    app.cli.add_command(pinger_command)
+    app.cli.add_command(dev_command)

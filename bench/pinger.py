@@ -1,0 +1,428 @@
+"""Benchmark of the pinger: PONGs per second, round trip, database statements, memory.
+
+Everything runs on this machine, on a private Mosquitto (`mosquitto -p <free port>`) so
+nothing else on the broker interferes:
+
+1. ceiling: a bare paho echo client (same paho settings as the pinger: subscribe QoS 0,
+   answer QoS 1) under the same closed-loop load;
+2. the pinger (`python -m iot_server.pinger`, its own process) under that load:
+   PONGs/s, round trip p50/p99, database statements per 1,000 pings;
+3. the pinger at a fixed offered rate (`--rate`, default 5,000 PING/s): round trip;
+4. memory: a fresh pinger's RSS after 100,000 PINGs from 1,000 devices, then after
+   100,000 PINGs from 100,000 distinct devices (same load, different device count).
+
+Simulated devices are a few paho connections (MQTT 5, `no_local`), each publishing for many
+device uuids and subscribed to exactly their topics. Run: `python bench/pinger.py`
+(`--database-url postgresql://…` to write presence to PostgreSQL instead of a SQLite file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid as uuidlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SERVER_PONG = b'{"c":"PONG","src":"server"}'
+PING = b'{"c":"PING"}'
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    """Block until something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(port)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process, in MB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+# ---------------------------------------------------------------- simulated devices
+
+
+def device_client(port: int, name: str):
+    """A paho MQTT 5 connection standing in for many devices."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", port)
+    return client
+
+
+def subscribe_all(client, topics: list[str]) -> None:
+    """Subscribe to each device topic with no_local (our own PINGs are not sent back)."""
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+
+    options = SubscribeOptions(qos=0, noLocal=True)
+    done = threading.Event()
+    pending = {"n": 0}
+
+    def on_subscribe(client, userdata, mid, reason_codes, properties):
+        pending["n"] -= 1
+        if pending["n"] == 0:
+            done.set()
+
+    client.on_subscribe = on_subscribe
+    chunks = [topics[i : i + 100] for i in range(0, len(topics), 100)]
+    pending["n"] = len(chunks)
+    for chunk in chunks:
+        client.subscribe([(topic, options) for topic in chunk])
+    if not done.wait(30):
+        raise RuntimeError("subscriptions not acknowledged")
+
+
+def closed_loop(port, uuids, window, duration, warmup, start_at, results) -> None:
+    """Keep `window` PINGs outstanding: each PONG triggers the next device's PING."""
+    client = device_client(port, f"bench-{uuids[0][:8]}")
+    topics = [f"device/{u}/ping" for u in uuids]
+    sent_at: dict[str, float] = {}
+    rtts: list[float] = []
+    state = {"next": 0, "received": 0, "measuring": False, "stop": False}
+    lock = threading.Lock()
+
+    def send_next():
+        i = state["next"] % len(topics)
+        state["next"] += 1
+        sent_at[topics[i]] = time.perf_counter()
+        client.publish(topics[i], PING, qos=0)
+
+    def on_message(client, userdata, message):
+        if message.payload != SERVER_PONG:
+            return  # a server re-PING: not part of the measurement
+        now = time.perf_counter()
+        with lock:
+            started = sent_at.pop(message.topic, None)
+            if started is not None and state["measuring"]:
+                rtts.append(now - started)
+                state["received"] += 1
+            if not state["stop"]:
+                send_next()
+
+    client.on_message = on_message
+    client.loop_start()
+    subscribe_all(client, topics)
+    time.sleep(max(0.0, start_at - time.time()))
+    with lock:
+        for _ in range(window):
+            send_next()
+    time.sleep(warmup)
+    with lock:
+        state["measuring"] = True
+    time.sleep(duration)
+    with lock:
+        state["measuring"] = False
+        state["stop"] = True
+    time.sleep(0.5)
+    client.disconnect()
+    client.loop_stop()
+    results.put({"received": state["received"], "rtts": rtts})
+
+
+def open_loop(port, uuids, rate, duration, start_at, results, measure=True) -> None:
+    """PING at a fixed rate (round robin over the devices), whatever the answers."""
+    client = device_client(port, f"bench-{uuids[0][:8]}-{os.getpid()}")
+    topics = [f"device/{u}/ping" for u in uuids]
+    sent_at: dict[str, float] = {}
+    rtts: list[float] = []
+    lock = threading.Lock()
+
+    def on_message(client, userdata, message):
+        if message.payload != SERVER_PONG:
+            return
+        now = time.perf_counter()
+        with lock:
+            started = sent_at.pop(message.topic, None)
+        if started is not None:
+            rtts.append(now - started)
+
+    client.on_message = on_message
+    client.loop_start()
+    if measure:
+        subscribe_all(client, topics)
+    time.sleep(max(0.0, start_at - time.time()))
+    begin = time.perf_counter()
+    sent = 0
+    total = int(rate * duration) if duration else len(topics)
+    while sent < total:
+        due = min(total, int((time.perf_counter() - begin) * rate) + 1)
+        while sent < due:
+            topic = topics[sent % len(topics)]
+            if measure:
+                with lock:
+                    sent_at[topic] = time.perf_counter()
+            client.publish(topic, PING, qos=0)
+            sent += 1
+        time.sleep(0.001)
+    time.sleep(1.0)
+    client.disconnect()
+    client.loop_stop()
+    results.put({"sent": sent, "received": len(rtts), "rtts": rtts})
+
+
+def run_devices(target, groups: list[list[str]], **kwargs) -> list[dict]:
+    """Run one simulated-device process per group of uuids; collect their results."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    subscribing = 0.002 * sum(map(len, groups)) if kwargs.get("measure", True) else 0
+    start_at = time.time() + 3 + subscribing  # all start together, once subscribed
+    processes = [
+        ctx.Process(target=target, kwargs={**kwargs, "uuids": group, "start_at": start_at,
+                                           "results": results, "port": kwargs["port"]})
+        for group in groups
+    ]  # fmt: skip
+    for process in processes:
+        process.start()
+    collected = [results.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join(10)
+    return collected
+
+
+# ---------------------------------------------------------------- servers under test
+
+
+def echo_server(port: int) -> None:
+    """The ceiling: a bare paho client answering every PING (same paho settings as the
+    pinger, none of its parsing, presence or database work)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-echo")
+    client.max_inflight_messages_set(0)
+    client.max_queued_messages_set(10_000)
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        client.subscribe("device/+/ping", qos=0)
+
+    def on_message(client, userdata, message):
+        if message.payload != SERVER_PONG:
+            client.publish(message.topic, SERVER_PONG, qos=1)
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_forever()
+
+
+class PingerProcess:
+    """`python -m iot_server.pinger` with stats every second, read from its log."""
+
+    STATS = re.compile(r"stats (\{.*\})")
+
+    def __init__(self, broker_port: int, database_url: str) -> None:
+        env = {
+            **os.environ,
+            "IOT_ENV": "development",
+            "DATABASE_URL": database_url,
+            "MQTT_BROKER_URL": f"mqtt://127.0.0.1:{broker_port}",
+            "MQTT_SECRET_KEY": "bench",
+            "LOG_FORMAT": "text",
+            "DEBUG": "",
+            "PYTHONPATH": str(ROOT),
+        }
+        env.pop("MQTT_SHARED_GROUP", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "iot_server.pinger", "--stats-interval", "1"],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stats: dict = {}
+        self.errors: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            found = self.STATS.search(line)
+            if found:
+                self.stats = json.loads(found.group(1))
+            elif "ERROR" in line or "WARNING" in line:
+                self.errors.append(line.strip())
+
+    def wait_stats(self, predicate, timeout: float = 120) -> dict:
+        """Wait until the stats satisfy `predicate`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.stats and predicate(self.stats):
+                return self.stats
+            time.sleep(0.2)
+        raise TimeoutError(f"stats never matched; last: {self.stats}")
+
+    def rss(self) -> float:
+        return rss_mb(self.process.pid)
+
+    def stop(self) -> int:
+        self.process.terminate()
+        return self.process.wait(30)
+
+
+def prepare_database(url: str | None, tmp: Path, uuids: list[str]) -> str:
+    """A migrated database holding the benchmark's devices (so UPDATEs hit real rows)."""
+    from flask_migrate import upgrade
+    from sqlalchemy import text
+
+    from iot_server import create_app
+    from iot_server.extensions import db
+    from iot_server.models import Device
+
+    url = url or f"sqlite:///{tmp / 'bench.sqlite'}"
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "LOG_FORMAT": "text"})
+    with app.app_context():
+        db.drop_all()
+        db.session.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        db.session.commit()
+        upgrade(directory=str(ROOT / "migrations"))
+        rows = [{"uuid": u, "kind": "master", "token_version": 1, "enabled": True} for u in uuids]
+        for i in range(0, len(rows), 10_000):
+            db.session.execute(Device.__table__.insert(), rows[i : i + 10_000])
+        db.session.commit()
+        db.engine.dispose()
+    return url
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) in milliseconds."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def summarise(results: list[dict], duration: float) -> dict:
+    """PONGs per second and round-trip quantiles over all device processes."""
+    rtts = [r for result in results for r in result["rtts"]]
+    return {
+        "pongs_per_s": sum(r["received"] for r in results) / duration,
+        "p50_ms": percentile(rtts, 0.50),
+        "p99_ms": percentile(rtts, 0.99),
+        "mean_ms": statistics.fmean(rtts) * 1000 if rtts else float("nan"),
+    }
+
+
+def main() -> None:
+    """Run the four phases and print a table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=2, help="simulated-device processes")
+    parser.add_argument("--devices", type=int, default=1000, help="devices per client")
+    parser.add_argument("--window", type=int, default=200, help="PINGs in flight per client")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    parser.add_argument("--rate", type=float, default=5000.0, help="offered PING/s, phase 3")
+    parser.add_argument("--memory-devices", type=int, default=100_000)
+    parser.add_argument("--database-url", default=None, help="default: a temporary SQLite")
+    args = parser.parse_args()
+    if shutil.which("mosquitto") is None:
+        sys.exit("mosquitto is not installed")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pinger-"))
+    groups = [[str(uuidlib.uuid4()) for _ in range(args.devices)] for _ in range(args.clients)]
+    memory_uuids = [str(uuidlib.uuid4()) for _ in range(args.memory_devices)]
+    url = prepare_database(args.database_url, tmp, [u for g in groups for u in g] + memory_uuids)
+
+    port = free_port()
+    broker = subprocess.Popen(
+        ["mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for_port(port)
+    report: dict = {"cores": os.cpu_count(), "database": url.split(":")[0]}
+    load = {"port": port, "window": args.window, "duration": args.duration, "warmup": 2.0}
+    try:
+        # 1. ceiling
+        echo = mp.get_context("spawn").Process(target=echo_server, args=(port,), daemon=True)
+        echo.start()
+        time.sleep(1)
+        report["echo"] = summarise(run_devices(closed_loop, groups, **load), args.duration)
+        echo.terminate()
+        echo.join()
+
+        # 2. the pinger, saturated
+        pinger = PingerProcess(port, url)
+        pinger.wait_stats(lambda s: s.get("connects", 0) >= 1, timeout=30)
+        before = dict(pinger.stats)
+        report["pinger"] = summarise(run_devices(closed_loop, groups, **load), args.duration)
+        after = pinger.wait_stats(lambda s: s.get("pending", 1) == 0)
+        pings = after.get("pings", 0) - before.get("pings", 0)
+        statements = after.get("statements", 0) - before.get("statements", 0)
+        report["pinger"]["pings"] = pings
+        report["pinger"]["statements_per_1000_pings"] = 1000 * statements / max(pings, 1)
+        report["pinger"]["dropped"] = after.get("dropped", 0)
+
+        # 3. the pinger at a fixed offered rate
+        per_client = args.rate / args.clients
+        fixed = run_devices(open_loop, groups, port=port, rate=per_client, duration=args.duration)
+        sent = sum(r["sent"] for r in fixed)
+        report["fixed_rate"] = {
+            "offered_per_s": args.rate,
+            "answered_fraction": sum(r["received"] for r in fixed) / max(sent, 1),
+            **summarise(fixed, args.duration),
+        }
+        report["pinger_errors"] = pinger.errors[:5]
+        pinger.stop()
+
+        # 4. memory: a fresh pinger takes the same load twice, 100,000 PINGs at the offered
+        # rate, first from 1,000 devices, then from 100,000 distinct ones: the RSS difference
+        # is what the device count costs, not what a burst of traffic leaves in the heap.
+        pinger = PingerProcess(port, url)
+        pinger.wait_stats(lambda s: s.get("connects", 0) >= 1, timeout=30)
+        n = len(memory_uuids)
+        report["memory"] = {"idle_mb": pinger.rss()}
+        few = [memory_uuids[:500] * (n // 1000), memory_uuids[500:1000] * (n // 1000)]
+        run_devices(open_loop, few, port=port, rate=args.rate / 2, duration=0, measure=False)
+        pinger.wait_stats(lambda s: s.get("pings", 0) >= n and s.get("pending", 1) == 0)
+        time.sleep(1.5)
+        report["memory"]["1k_devices_mb"] = pinger.rss()
+        report["memory"]["tracked_1k"] = pinger.stats.get("devices")
+        many = [memory_uuids[: n // 2], memory_uuids[n // 2 :]]
+        run_devices(open_loop, many, port=port, rate=args.rate / 2, duration=0, measure=False)
+        pinger.wait_stats(lambda s: s.get("pings", 0) >= 2 * n and s.get("pending", 1) == 0)
+        time.sleep(1.5)
+        report["memory"]["100k_devices_mb"] = pinger.rss()
+        report["memory"]["tracked_100k"] = pinger.stats.get("devices")
+        report["memory"]["delta_mb"] = (
+            report["memory"]["100k_devices_mb"] - report["memory"]["1k_devices_mb"]
+        )
+        pinger.stop()
+    finally:
+        broker.kill()
+        broker.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    report["ratio_to_echo"] = report["pinger"]["pongs_per_s"] / report["echo"]["pongs_per_s"]
+    print(json.dumps(report, indent=2, default=lambda x: round(x, 2)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,469 @@
+"""The pinger: the server's own MQTT client (the service account).
+
+It answers a device's `{"c":"PING"}` on `device/<uuid>/ping` with `{"c":"PONG","src":"server"}`,
+PINGs devices that went quiet, forgets them once offline, and writes `last_seen_at` in
+batches (SPEC.md, "MQTT behaviour"). Run it with `flask --app wsgi pinger` or
+`python -m iot_server.pinger`; it stops cleanly on SIGTERM.
+
+Threads: paho's network loop (`loop_forever`, the caller's thread) runs the callbacks, which
+only parse, publish and note presence under a lock; a sweeper thread sends the re-PINGs;
+a flusher thread writes presence to the database once a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import ssl
+import sys
+import threading
+import time
+import uuid as uuidlib
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from flask import Flask
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import DateTime, event, text
+from sqlalchemy.engine import Engine
+
+from .identifiers import parse_uuid
+from .models import Device
+from .presence import PendingSeen, Presence
+
+log = logging.getLogger("iot_server.pinger")
+
+# Every message the server publishes carries "src":"server": MQTT 3.1.1 has no "no local",
+# so the pinger hears its own messages (and other replicas') and must recognise them.
+SERVER_PING = b'{"c":"PING","src":"server"}'
+SERVER_PONG = b'{"c":"PONG","src":"server"}'
+MAX_PAYLOAD = 4096
+PONG_QOS = 1
+# Device firmware (PubSubClient) publishes at QoS 0 only, so a QoS 1 subscription would gain
+# nothing for device messages and would only add PUBACKs for our own echoes.
+SUBSCRIBE_QOS = 0
+# Devices per UPDATE: bounds a batch's memory and duration; more wait for the next tick.
+MAX_BATCH = 20_000
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the pinger connects: host, port and whether to use TLS."""
+
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """`mqtt://host[:1883]` or `mqtts://host[:8883]`; anything else is a ValueError."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"MQTT_BROKER_URL must be mqtt://host:port or mqtts://host:port: {url!r}")
+    tls = parts.scheme == "mqtts"
+    return BrokerAddress(parts.hostname, parts.port or (8883 if tls else 1883), tls)
+
+
+def ping_subscription(shared_group: str | None) -> str:
+    """`device/+/ping`, or its shared form so replicas split the load (EMQX `$share`)."""
+    topic = "device/+/ping"
+    return f"$share/{shared_group}/{topic}" if shared_group else topic
+
+
+def parse_device_message(topic: str, payload: bytes) -> tuple[str, str] | None:
+    """`(uuid, "PING"|"PONG")` for a device's message; None (with a debug log) for
+    anything else: the server's own messages, garbage, wrong topics."""
+    if len(payload) > MAX_PAYLOAD:
+        return ignore(topic, f"payload of {len(payload)} bytes")
+    levels = topic.split("/")
+    if len(levels) != 3 or levels[0] != "device" or levels[2] != "ping":
+        return ignore(topic, "not a ping topic")
+    uuid = parse_uuid(levels[1])
+    if uuid is None:
+        return ignore(topic, "topic level is not a uuid")
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return ignore(topic, "not JSON")
+    if not isinstance(body, dict):
+        return ignore(topic, "not a JSON object")
+    if body.get("src") == "server":
+        return None
+    command = body.get("c")
+    if command not in ("PING", "PONG"):
+        return ignore(topic, "no PING or PONG command")
+    return uuid, command
+
+
+def ignore(topic: str, reason: str) -> None:
+    """Log why a message is ignored (debug only: devices can send garbage at any rate)."""
+    log.debug("ignored message on %.100s: %s", topic, reason)
+    return None
+
+
+# One statement per batch, whatever its size, with a single JSON parameter: the SQL text
+# never changes, so nothing is compiled per batch and no parameter limit applies.
+UPDATE_LAST_SEEN = {
+    "postgresql": "UPDATE {table} SET last_seen_at = CAST(seen.value AS timestamptz)"
+    " FROM json_each_text(CAST(:seen AS json)) AS seen WHERE {table}.uuid = seen.key",
+    # SQLite >= 3.33 (UPDATE … FROM) with its built-in JSON functions.
+    "sqlite": "UPDATE {table} SET last_seen_at = seen.value"
+    " FROM json_each(:seen) AS seen WHERE {table}.uuid = seen.key",
+}
+
+
+def write_last_seen(engine: Engine, seen: dict[str, float]) -> None:
+    """One UPDATE for the whole batch of `{uuid: Unix time}`; unknown uuids match no row.
+    `updated_at` is left alone: presence is not an edit of the device."""
+    if not seen:
+        return
+    dialect = engine.dialect
+    sql = UPDATE_LAST_SEEN.get(dialect.name)
+    if sql is None:
+        raise RuntimeError(f"presence writes support SQLite and PostgreSQL, not {dialect.name}")
+    # The column type's own conversion, so SQLite gets the text format SQLAlchemy reads back.
+    to_db = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+    stamps = {}
+    for uuid, at in seen.items():
+        when = datetime.fromtimestamp(at, UTC)
+        stamps[uuid] = to_db(when) if to_db else when.isoformat()
+    with engine.begin() as connection:
+        connection.execute(
+            text(sql.format(table=Device.__tablename__)), {"seen": json.dumps(stamps)}
+        )
+
+
+class Pinger:
+    """The service account's MQTT client: answers PINGs, re-PINGs the quiet, writes presence."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        username: str | None,
+        password: str | None,
+        engine: Engine | None,
+        *,
+        shared_group: str | None = None,
+        ping_interval: float = 15.0,
+        max_misses: int = 3,
+        flush_interval: float = 1.0,
+        stats_interval: float = 60.0,
+        client_id: str | None = None,
+    ) -> None:
+        self.address = parse_broker_url(broker_url)
+        self.subscription = ping_subscription(shared_group)
+        self.engine = engine
+        self.flush_interval = flush_interval
+        self.stats_interval = stats_interval
+        self.presence = Presence(ping_interval, max_misses)
+        self.pending = PendingSeen()
+        self.stats: Counter[str] = Counter()
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._db_failing = False
+        self._threads: list[threading.Thread] = []
+        self._sweep_tick = min(1.0, ping_interval / 10)
+        if engine is not None:
+            event.listen(engine, "before_cursor_execute", self._count_statement)
+
+        # Unique per process: a broker drops the older session of a duplicate client id,
+        # and replicas in containers often share hostname and pid.
+        client_id = client_id or f"{username or 'pinger'}-{uuidlib.uuid4().hex[:12]}"
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=True,
+            protocol=mqtt.MQTTv311,  # amqtt speaks 3.1.1 only (BROKERS.md)
+        )
+        if username:
+            self.client.username_pw_set(username, password)
+        if self.address.tls:
+            self.client.tls_set_context(ssl.create_default_context())
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # No in-flight window: with one, paho rescans the unacknowledged messages on every
+        # PUBACK (Client._update_inflight), which made each PONG cost O(window).
+        self.client.max_inflight_messages_set(0)
+        # Memory stays bounded: beyond this many unacknowledged PONGs, new ones are dropped.
+        self.client.max_queued_messages_set(10_000)
+        # Second line of defence: paho re-raises callback exceptions out of loop_forever.
+        self.client.suppress_exceptions = True
+        self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    @classmethod
+    def from_app(cls, app: Flask, **options) -> Pinger:
+        """A pinger configured from the app: broker, service account, database engine."""
+        from .extensions import db
+
+        config = app.config
+        with app.app_context():
+            engine = db.engine
+        return cls(
+            config["MQTT_BROKER_URL"],
+            config["MQTT_SERVICE_USERNAME"],
+            config["MQTT_SECRET_KEY"],
+            engine,
+            shared_group=config.get("MQTT_SHARED_GROUP"),
+            **options,
+        )
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        """Connect (retrying forever with backoff) and serve until `stop()` or SIGTERM."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._on_signal)
+        self._threads = [
+            threading.Thread(target=self._sweep_loop, name="pinger-sweep", daemon=True),
+            threading.Thread(target=self._flush_loop, name="pinger-flush", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        log.info(
+            "pinger connecting to %s:%s%s as %s",
+            self.address.host,
+            self.address.port,
+            " (TLS)" if self.address.tls else "",
+            self.client.username or "anonymous",
+        )
+        try:
+            self.client.connect_async(self.address.host, self.address.port, keepalive=30)
+            # paho retries even the first connection and every later one, with the backoff
+            # of reconnect_delay_set; disconnect() (from stop) makes it return.
+            self.client.loop_forever(retry_first_connection=True)
+        finally:
+            self._stopping.set()
+            self.connected.clear()
+            for thread in self._threads:
+                thread.join(timeout=10)
+            self.flush_all()
+            log.info("pinger stopped: %s", self.stats_line())
+
+    def stop(self) -> None:
+        """Ask `run()` to return: disconnect, then it flushes what is pending. Any thread."""
+        self._stopping.set()
+        self.client.disconnect()
+
+    def _on_signal(self, signum, frame) -> None:
+        """SIGTERM/SIGINT: stop from another thread; the handler interrupts paho's loop, which
+        may hold its own locks at that moment."""
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        threading.Thread(target=self.stop, name="pinger-stop", daemon=True).start()
+
+    # ------------------------------------------------------------ paho callbacks
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        """Subscribe on every connect: a clean session forgets subscriptions."""
+        try:
+            if reason_code.is_failure:
+                # paho closes the connection and retries with its backoff.
+                log.warning("broker refused the connection: %s", reason_code)
+                return
+            if self._stopping.is_set():
+                client.disconnect()
+                return
+            client.subscribe(self.subscription, qos=SUBSCRIBE_QOS)
+            with self._lock:
+                # Nobody could be heard while we were away: silence then is no miss.
+                self.presence.postpone_all(time.monotonic())
+            self.connected.set()
+            self.stats["connects"] += 1
+            log.info("connected; subscribing %s", self.subscription)
+        except Exception:
+            log.exception("on_connect failed")
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        """A connection attempt failed (socket level); paho retries with backoff."""
+        try:
+            if self._stopping.is_set():
+                client.disconnect()  # no socket: marks the client disconnected, the loop ends
+            else:
+                log.debug("broker unreachable; retrying")
+        except Exception:
+            log.exception("on_connect_fail failed")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        """Lost the broker: stop publishing until paho has reconnected."""
+        try:
+            self.connected.clear()
+            self.subscribed.clear()
+            if not self._stopping.is_set():
+                log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+        except Exception:
+            log.exception("on_disconnect failed")
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        """A refused subscription (the broker's ACL) is worth an error line."""
+        try:
+            refused = [code for code in reason_codes if code.is_failure]
+            if refused:
+                log.error("broker refused the subscription %s: %s", self.subscription, refused[0])
+            else:
+                self.subscribed.set()
+        except Exception:
+            log.exception("on_subscribe failed")
+
+    def _on_message(self, client, userdata, message) -> None:
+        """A device's PING gets a PONG; PING and PONG both count as presence."""
+        try:
+            payload = message.payload
+            # Fast path for our own echoes, the most frequent message after PINGs.
+            if payload in (SERVER_PONG, SERVER_PING):
+                self.stats["echoes"] += 1
+                return
+            topic = message.topic
+            parsed = parse_device_message(topic, payload)
+            if parsed is None:
+                self.stats["ignored"] += 1
+                return
+            uuid, command = parsed
+            if command == "PING":
+                self.stats["pings"] += 1
+                self.publish(topic, SERVER_PONG)
+            else:
+                self.stats["pongs"] += 1
+            now, wall = time.monotonic(), time.time()
+            with self._lock:
+                self.presence.seen(uuid, now)
+                self.pending.add(uuid, wall)
+        except Exception:
+            log.exception("on_message failed")
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """Publish at QoS 1, never retained; skipped while disconnected (stale answers are
+        worthless, and queueing them would grow memory during an outage)."""
+        if not self.connected.is_set():
+            self.stats["dropped"] += 1
+            return False
+        info = self.client.publish(topic, payload, qos=PONG_QOS, retain=False)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self.stats["dropped"] += 1
+            return False
+        return True
+
+    # ------------------------------------------------------------ background work
+
+    def sweep(self, now: float | None = None) -> tuple[list[str], list[str]]:
+        """Send the due server PINGs and forget devices that went offline."""
+        with self._lock:
+            to_ping, offline = self.presence.sweep(time.monotonic() if now is None else now)
+        for uuid in to_ping:
+            if self.publish(f"device/{uuid}/ping", SERVER_PING):
+                self.stats["server_pings"] += 1
+        for uuid in offline:
+            log.debug("device offline: %s", uuid)
+        if offline:
+            self.stats["offline"] += len(offline)
+            log.info("%d device(s) went offline", len(offline))
+        return to_ping, offline
+
+    def _sweep_loop(self) -> None:
+        """Every tick: re-PING the quiet (only while connected); log stats now and then."""
+        next_stats = time.monotonic() + self.stats_interval
+        while not self._stopping.wait(self._sweep_tick):
+            try:
+                if self.connected.is_set():
+                    self.sweep()
+                if time.monotonic() >= next_stats:
+                    next_stats += self.stats_interval
+                    log.info("stats %s", self.stats_line())
+            except Exception:
+                log.exception("sweep failed")
+
+    def _flush_loop(self) -> None:
+        """At most one batch per `flush_interval`."""
+        while not self._stopping.wait(self.flush_interval):
+            self.flush()
+
+    def flush(self) -> int:
+        """Write one batch of pending `last_seen_at` values; keep them when the database is
+        down (the next tick retries). Returns how many devices the batch held."""
+        if self.engine is None:
+            with self._lock:
+                self.pending.take(len(self.pending))
+            return 0
+        with self._flush_lock:
+            with self._lock:
+                batch = self.pending.take(MAX_BATCH)
+            if not batch:
+                return 0
+            try:
+                write_last_seen(self.engine, batch)
+            except Exception as exc:
+                with self._lock:
+                    self.pending.restore(batch)
+                    waiting = len(self.pending)
+                self.stats["db_errors"] += 1
+                # The driver's own message: SQLAlchemy's would quote 20,000 parameters.
+                reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+                if not self._db_failing:
+                    log.warning("cannot write presence (%d devices kept): %s", waiting, reason)
+                else:
+                    log.debug("database still unavailable: %s", reason)
+                self._db_failing = True
+                return 0
+            if self._db_failing:
+                log.info("database back: presence written again")
+                self._db_failing = False
+            self.stats["flushes"] += 1
+            self.stats["written"] += len(batch)
+            return len(batch)
+
+    def flush_all(self) -> None:
+        """At shutdown: write everything pending, batch after batch, until done or failing."""
+        while len(self.pending) and self.flush():
+            pass
+        if len(self.pending):
+            log.warning("exiting with %d unwritten presence update(s)", len(self.pending))
+
+    def _count_statement(self, conn, cursor, statement, parameters, context, executemany):
+        """SQLAlchemy event: count statements sent to the database (for stats and bench)."""
+        self.stats["statements"] += 1
+
+    def stats_line(self) -> str:
+        """The counters as one JSON object (devices = those currently tracked)."""
+        with self._lock:
+            devices, pending = len(self.presence), len(self.pending)
+        return json.dumps({**self.stats, "devices": devices, "pending": pending})
+
+
+def run_from_app(app: Flask, **options) -> int:
+    """Run a pinger configured by the app until SIGTERM; returns the exit status."""
+    if not app.config.get("MQTT_SECRET_KEY"):
+        print("error: MQTT_SECRET_KEY is not set (the service account's password)", file=sys.stderr)
+        return 1
+    try:
+        pinger = Pinger.from_app(app, **options)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    pinger.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m iot_server.pinger`: the app's config from the environment."""
+    parser = argparse.ArgumentParser(description="The iot_server MQTT pinger.")
+    parser.add_argument(
+        "--stats-interval", type=float, default=60.0, help="seconds between stats log lines"
+    )
+    args = parser.parse_args(argv)
+    from . import create_app
+
+    return run_from_app(create_app(), stats_interval=args.stats_interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""The pinger against real brokers: Mosquitto (anonymous; the machine's, or a private one on a
+free port that a test may kill and restart) and amqtt wired to the API's hooks.
+
+Intervals are shortened (re-PING every 0.3 s, flush every 0.2 s) so the file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid as uuidlib
+from datetime import UTC
+
+import paho.mqtt.client as mqtt
+import pytest
+from conftest import (
+    MQTT_SECRET,
+    ROOT,
+    free_port,
+    new_uuid,
+    service_unavailable,
+    wait_for_port,
+)
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import create_engine
+
+from iot_server.extensions import db
+from iot_server.models import Device
+from iot_server.pinger import Pinger
+
+pytestmark = pytest.mark.slow
+
+PING = json.dumps({"c": "PING"})
+PONG = json.dumps({"c": "PONG"})
+INTERVAL = 0.3
+
+
+# ---------------------------------------------------------------- brokers and clients
+
+
+class Mosquitto:
+    """A private anonymous Mosquitto on a free port (`mosquitto -p PORT`, foreground)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Mosquitto:
+        self.process = subprocess.Popen(
+            ["mosquitto", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def private_mosquitto():
+    """A Mosquitto of this test alone: nobody else's pinger answers, and it may be killed."""
+    if shutil.which("mosquitto") is None:
+        service_unavailable("the mosquitto binary")
+    broker = Mosquitto().start()
+    yield broker
+    broker.stop()
+
+
+class RunningPinger:
+    """A Pinger serving in a thread of the test process."""
+
+    def __init__(self, pinger: Pinger):
+        self.pinger = pinger
+        self.thread = threading.Thread(target=pinger.run, daemon=True)
+        self.thread.start()
+        assert pinger.subscribed.wait(10), "pinger did not connect and subscribe"
+
+    def stop(self) -> None:
+        self.pinger.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "run() did not return after stop()"
+
+
+@pytest.fixture
+def start_pinger(app):
+    """Factory: a pinger with short intervals on the test's database and a given broker."""
+    started: list[RunningPinger] = []
+    # Its own engine, as in its own process: its statement counter sees only its writes.
+    engine = create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
+
+    def start(port: int, **options) -> Pinger:
+        options = {"ping_interval": INTERVAL, "flush_interval": 0.2, **options}
+        pinger = Pinger(f"mqtt://127.0.0.1:{port}", "iot-server", MQTT_SECRET, engine, **options)
+        started.append(RunningPinger(pinger))
+        return pinger
+
+    yield start
+    for running in started:
+        running.stop()
+    engine.dispose()
+
+
+def wait_until(predicate, timeout: float = 5.0, step: float = 0.05) -> bool:
+    """Poll until `predicate()` is true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def retained_on(port: int, topic: str) -> list[bytes]:
+    """Retained messages a fresh subscriber receives on `topic`."""
+    got: list[bytes] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.on_message = lambda c, u, m: got.append(m.payload) if m.retain else None
+    client.connect("127.0.0.1", port)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    time.sleep(0.3)
+    client.disconnect()
+    client.loop_stop()
+    return got
+
+
+# ---------------------------------------------------------------- Mosquitto
+
+
+def test_ping_gets_pong_on_the_machines_mosquitto(mosquitto_port, start_pinger, fake_devices):
+    start_pinger(mosquitto_port)
+    device = fake_devices(mosquitto_port)
+    device.send(PING)
+    body, message = device.from_server()
+    assert body == {"c": "PONG", "src": "server"}
+    assert message.topic == device.topic
+    assert message.qos == 1
+    assert retained_on(mosquitto_port, device.topic) == []
+
+
+def test_silent_device_is_pinged_three_times_then_offline(
+    private_mosquitto, start_pinger, fake_devices
+):
+    pinger = start_pinger(private_mosquitto.port)
+    device = fake_devices(private_mosquitto.port)
+    device.send(PING)
+    assert device.from_server()[0]["c"] == "PONG"
+    sent = time.monotonic()
+    received = device.server_messages(during=6 * INTERVAL)
+    assert [body for _, body in received] == [{"c": "PING", "src": "server"}] * 3
+    arrivals = [t for t, _ in received]
+    gaps = [b - a for a, b in zip([sent, *arrivals], arrivals, strict=False)]
+    assert all(INTERVAL * 0.8 < gap < INTERVAL * 2 for gap in gaps), gaps
+    assert wait_until(lambda: device.uuid not in pinger.presence)
+    assert pinger.stats["offline"] == 1
+    assert pinger.stats["server_pings"] == 3
+    assert retained_on(private_mosquitto.port, device.topic) == []
+
+
+def test_a_device_that_answers_stays_online(private_mosquitto, start_pinger, fake_devices):
+    pinger = start_pinger(private_mosquitto.port)
+    device = fake_devices(private_mosquitto.port)
+    device.send(PING)
+    device.from_server()
+    deadline = time.monotonic() + 8 * INTERVAL
+    server_pings = 0
+    while time.monotonic() < deadline:
+        try:
+            body, _ = device.from_server(timeout=deadline - time.monotonic())
+        except AssertionError:
+            break
+        if body["c"] == "PING":
+            server_pings += 1
+            device.send(PONG)
+    assert server_pings >= 4  # one per quiet interval, never escalating to offline
+    assert device.uuid in pinger.presence
+    assert pinger.presence.misses(device.uuid) <= 1
+    assert pinger.stats["offline"] == 0
+    assert pinger.stats["pongs"] >= 4
+
+
+def test_presence_is_written_in_batches(
+    private_mosquitto, start_pinger, fake_devices, devices, app
+):
+    pinger = start_pinger(private_mosquitto.port, ping_interval=30)
+    registered = [devices.master() for _ in range(5)]
+    unknown = new_uuid()
+    sessions = [fake_devices(private_mosquitto.port, uuid=uuid) for uuid in [*registered, unknown]]
+    started = time.monotonic()
+    for _ in range(20):
+        for session in sessions:
+            session.send(PING)
+    assert wait_until(lambda: pinger.stats["pings"] == 120)
+    assert wait_until(lambda: len(pinger.pending) == 0 and pinger.stats["flushes"] >= 1)
+    elapsed = time.monotonic() - started
+    for uuid in registered:
+        seen = devices.get(uuid).last_seen_at
+        assert seen is not None
+        assert abs(time.time() - seen.replace(tzinfo=UTC).timestamp()) < 10
+    with app.app_context():
+        assert db.session.get(Device, unknown) is None
+    # 120 PINGs, one UPDATE per flush, at most one flush per flush_interval.
+    assert pinger.stats["statements"] == pinger.stats["flushes"]
+    assert pinger.stats["flushes"] <= elapsed / 0.2 + 1
+    assert pinger.stats["statements"] <= 10
+
+
+def test_garbage_is_ignored_and_the_pinger_survives(private_mosquitto, start_pinger, fake_devices):
+    pinger = start_pinger(private_mosquitto.port, ping_interval=30)
+    device = fake_devices(private_mosquitto.port)
+    garbage = [
+        b"\x00\xff\xfe\x80 binary",
+        b"",
+        b"PING",
+        b"[" * 3000,
+        json.dumps({"c": "PING", "pad": "x" * 5000}).encode(),  # over 4 KB
+        b"x" * 200_000,
+        b"[1, 2, 3]",
+        b'"PING"',
+        b"null",
+        b'{"c": 1}',
+        b'{"c": ["PING"]}',
+        b'{"c": null}',
+        b'{"c": "PING", "src": "server"}',  # pretends to be a replica: no answer
+    ]
+    for payload in garbage:
+        device.send(payload)
+    device.send(PING, topic="device/not-a-uuid/ping")
+    device.send(PING, topic=f"device/{device.uuid.replace('-', '')}/ping")
+    # (The fake replica's PING comes back to the device itself: only PONGs would be answers.)
+    assert [body for _, body in device.server_messages(during=0.5) if body["c"] == "PONG"] == []
+    assert wait_until(lambda: pinger.stats["ignored"] >= len(garbage) + 1)
+    assert len(pinger.presence) == 0
+    device.send(PING)
+    assert device.from_server()[0] == {"c": "PONG", "src": "server"}
+    assert pinger.stats["pings"] == 1
+
+
+def test_broker_restart_reconnects_and_resubscribes(private_mosquitto, start_pinger, fake_devices):
+    pinger = start_pinger(private_mosquitto.port, ping_interval=30)
+    device = fake_devices(private_mosquitto.port)
+    device.send(PING)
+    assert device.from_server()[0]["c"] == "PONG"
+
+    private_mosquitto.stop()
+    assert wait_until(lambda: not pinger.connected.is_set())
+    time.sleep(0.5)
+    private_mosquitto.start()  # same port; a fresh broker with no subscriptions
+
+    assert pinger.subscribed.wait(15), "pinger did not reconnect and resubscribe"
+    assert wait_until(lambda: device.client.is_connected(), timeout=10)
+    assert device.ping_until_pong()["c"] == "PONG"
+    assert pinger.stats["connects"] == 2
+
+
+def test_shared_subscription_answers_each_ping_once(mosquitto_port, start_pinger, fake_devices):
+    group = f"test-{uuidlib.uuid4().hex[:8]}"
+    first = start_pinger(mosquitto_port, shared_group=group, ping_interval=30)
+    second = start_pinger(mosquitto_port, shared_group=group, ping_interval=30)
+    device = fake_devices(mosquitto_port)
+    for _ in range(10):
+        device.send(PING)
+    pongs = [b for _, b in device.server_messages(during=1.0) if b["c"] == "PONG"]
+    assert len(pongs) == 10
+    assert first.stats["pings"] + second.stats["pings"] == 10
+    assert first.stats["pings"] > 0 and second.stats["pings"] > 0
+
+
+def test_database_outage_keeps_pending_and_retries(tmp_path):
+    path = tmp_path / "later" / "db.sqlite"
+    engine = create_engine(f"sqlite:///{path}")
+    pinger = Pinger("mqtt://127.0.0.1:1", None, None, engine)
+    uuid = new_uuid()
+    pinger.pending.add(uuid, 1000.0)
+    assert pinger.flush() == 0  # the directory does not exist: cannot open the database
+    assert pinger.stats["db_errors"] == 1
+    pinger.pending.add(uuid, 2000.0)  # the latest time wins
+    assert pinger.flush() == 0
+    assert dict(pinger.pending.items()) == {uuid: 2000.0}
+
+    path.parent.mkdir()
+    Device.metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(Device.__table__.insert().values(uuid=uuid, kind="master"))
+    assert pinger.flush() == 1
+    assert len(pinger.pending) == 0
+    with engine.connect() as connection:
+        seen = connection.execute(Device.__table__.select()).one().last_seen_at
+    assert seen.replace(tzinfo=UTC).timestamp() == 2000.0
+    engine.dispose()
+
+
+# ---------------------------------------------------------------- the process
+
+
+def pinger_env(**extra) -> dict:
+    """The environment of `python -m iot_server.pinger` in these tests."""
+    env = {k: v for k, v in os.environ.items() if k not in ("IOT_ENV", "MQTT_SHARED_GROUP")}
+    env.update(IOT_ENV="development", MQTT_SECRET_KEY=MQTT_SECRET, **extra)
+    return env
+
+
+def start_process(env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "iot_server.pinger"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_process_flushes_on_sigterm_and_exits_zero(
+    private_mosquitto, fake_devices, devices, app_config
+):
+    uuid = devices.master()
+    process = start_process(
+        pinger_env(
+            DATABASE_URL=app_config["SQLALCHEMY_DATABASE_URI"],
+            MQTT_BROKER_URL=f"mqtt://127.0.0.1:{private_mosquitto.port}",
+        )
+    )
+    try:
+        device = fake_devices(private_mosquitto.port, uuid=uuid)
+        assert device.ping_until_pong(timeout=15)["c"] == "PONG"
+        before = time.time()
+        device.send(PING)
+        device.from_server()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert "pinger stopped" in stderr
+    seen = devices.get(uuid).last_seen_at.replace(tzinfo=UTC).timestamp()
+    assert seen >= before - 0.01  # the last PING, written by the flush at exit
+
+
+def test_process_stops_while_the_broker_is_unreachable():
+    process = start_process(pinger_env(MQTT_BROKER_URL=f"mqtt://127.0.0.1:{free_port()}"))
+    try:
+        time.sleep(1.5)  # inside paho's reconnect backoff
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert time.monotonic() - started < 3
+
+
+def test_process_refuses_to_start_without_the_service_password():
+    env = {k: v for k, v in os.environ.items() if k not in ("IOT_ENV", "MQTT_SECRET_KEY")}
+    result = subprocess.run(
+        [sys.executable, "-m", "iot_server.pinger"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].count("\n") == 0
+    assert "MQTT_SECRET_KEY" in result.stderr
+
+
+# ---------------------------------------------------------------- amqtt with the hooks
+
+
+def test_registered_device_gets_pong_through_amqtt_and_the_hooks(
+    amqtt_broker, start_pinger, fake_devices, devices
+):
+    pinger = start_pinger(amqtt_broker.port, ping_interval=30)
+    uuid = devices.master()
+    device = fake_devices(amqtt_broker.port, uuid=uuid, password=devices.token(uuid))
+    device.send(PING)
+    body, message = device.from_server(timeout=10)
+    assert body == {"c": "PONG", "src": "server"}
+    assert message.topic == f"device/{uuid}/ping"
+    assert pinger.stats["pings"] == 1
