@@ -1,16 +1,21 @@
-"""Blueprint `auth`: device registration (seed-compatible). One rate-limit bucket per IP."""
+"""Blueprint `auth`: device registration (seed-compatible) and owner accounts.
+
+One rate-limit bucket per client IP covers every route here, so login attempts are limited.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Blueprint, current_app, jsonify, request
 
-from . import devices, tokens
+from . import devices, owners, tokens, validation
 from .errors import ApiError
 from .extensions import limiter
 from .identifiers import parse_uuid
 from .metrics import REGISTRATIONS
+from .validation import Text
 
 bp = Blueprint("auth", __name__)
 log = logging.getLogger("iot_server.auth")
@@ -38,3 +43,34 @@ def request_device_token():
     REGISTRATIONS.labels("OK").inc()
     log.info("token issued", extra={"device": uuid})
     return jsonify(c="OK", t=tokens.issue_device_token(device))
+
+
+# ASCII only: str.lower() would turn e.g. the Kelvin sign into "k" and accept it.
+USERNAME_FORM = re.compile(r"[A-Za-z0-9_.-]{3,64}", re.ASCII)
+REGISTER_FIELDS = {
+    "username": Text(pattern=USERNAME_FORM, form="3-64 characters of a-z 0-9 _ . -"),
+    "password": Text(min_length=owners.PASSWORD_MIN, max_length=owners.PASSWORD_MAX),
+}
+# Login checks types only: a username or password of the wrong form is just wrong (403).
+LOGIN_FIELDS = {"username": Text(), "password": Text()}
+
+
+@bp.post("/users/register")
+def register_owner():
+    """Create an owner account: 201, or 409 when the username is taken."""
+    data = validation.body(REGISTER_FIELDS)
+    owner = owners.create(data["username"], data["password"])
+    log.info("owner registered", extra={"owner": owner.username})
+    return jsonify(c="OK"), 201
+
+
+@bp.post("/users/login")
+def login_owner():
+    """An owner token for matching credentials; the same 403 whether or not the user exists."""
+    data = validation.body(LOGIN_FIELDS)
+    owner = owners.authenticate(data["username"], data["password"])
+    if owner is None:
+        log.info("owner login refused")
+        raise ApiError(403, "wrong username or password")
+    log.info("owner logged in", extra={"owner": owner.username})
+    return jsonify(c="OK", t=tokens.issue_owner_token(owner))

@@ -1,0 +1,94 @@
+"""Request validation for the owner API: JSON object bodies and uuid path parameters.
+
+Every failure is an `ApiError(400)` whose message names the offending field, so a client
+learns what to fix. Bodies must be JSON objects with known fields only; strings are checked
+for type, length, form and for text a database can store (no NUL, no lone surrogates).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from flask import request
+
+from .errors import ApiError
+from .identifiers import parse_uuid
+
+
+@dataclass(frozen=True)
+class Text:
+    """A string field: length bounds in characters, an optional regex form, maybe null."""
+
+    min_length: int = 0
+    max_length: int | None = None
+    pattern: re.Pattern | None = None
+    form: str = ""
+    required: bool = True
+    nullable: bool = False
+    printable: bool = False
+
+
+def json_object() -> dict:
+    """The request body as a JSON object; 400 for anything else (not JSON, array, null)."""
+    raw = request.get_data(cache=True)
+    try:
+        body = json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return body
+
+
+def body(fields: dict[str, Text]) -> dict:
+    """The request body checked against `fields`; unknown, missing or bad fields are 400."""
+    data = json_object()
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ApiError(400, "unknown field(s): " + ", ".join(unknown))
+    missing = [name for name, spec in fields.items() if spec.required and name not in data]
+    if missing:
+        raise ApiError(400, "missing field(s): " + ", ".join(missing))
+    return {name: check_text(name, data[name], fields[name]) for name in fields if name in data}
+
+
+def check_text(name: str, value: object, spec: Text) -> str | None:
+    """`value` when it satisfies `spec`; 400 naming the field otherwise."""
+    if value is None and spec.nullable:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string" + (" or null" if spec.nullable else ""))
+    if not is_storable(value):
+        # PostgreSQL rejects NUL in text and lone surrogates cannot be encoded as UTF-8.
+        raise ApiError(400, f"{name} must be valid Unicode text without NUL characters")
+    if spec.printable and any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise ApiError(400, f"{name} must not contain control characters")
+    too_long = spec.max_length is not None and len(value) > spec.max_length
+    if len(value) < spec.min_length or too_long:
+        upper = spec.max_length if spec.max_length is not None else "any"
+        raise ApiError(400, f"{name} must be {spec.min_length}-{upper} characters")
+    if spec.pattern is not None and not spec.pattern.fullmatch(value):
+        raise ApiError(400, f"{name} must be {spec.form}")
+    return value
+
+
+def is_storable(value: str) -> bool:
+    """True when the string has no NUL and encodes as UTF-8 (no lone surrogates)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def path_uuid(value: str, name: str = "uuid") -> str:
+    """The lowercase device uuid from a path segment; 400 when malformed."""
+    uuid = parse_uuid(value)
+    if uuid is None:
+        raise ApiError(400, f"{name} must be a hyphenated 8-4-4-4-12 hex uuid")
+    return uuid
