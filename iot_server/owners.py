@@ -27,7 +27,8 @@ def _dummy_hash() -> str:
 
 def normalize_username(value: object) -> str:
     """The lowercase username; 400 unless it is 3-64 of `a-z 0-9 _ . -`."""
-    if not isinstance(value, str) or not _USERNAME.fullmatch(value.lower()):
+    # isascii first: str.lower() maps some non-ASCII letters (the Kelvin sign) into a-z.
+    if not isinstance(value, str) or not value.isascii() or not _USERNAME.fullmatch(value.lower()):
         raise ApiError(400, "username must be 3-64 characters of a-z 0-9 _ . -")
     return value.lower()
 

@@ -24,7 +24,12 @@ def test_users_create_with_prompt(runner):
 
 @pytest.mark.parametrize(
     ("username", "password"),
-    [("ab", "a long enough password"), ("Bad Name", "a long enough password"), ("carol", "short")],
+    [
+        ("ab", "a long enough password"),
+        ("Bad Name", "a long enough password"),
+        ("carol", "short"),
+        ("\u212aevin", "a long enough password"),
+    ],
 )
 def test_users_create_rejects_bad_input(runner, username, password):
     result = invoke(runner, "users", "create", username, "--password-stdin", input=password + "\n")
