@@ -498,3 +498,31 @@ def fake_devices():
     yield make
     for device in made:
         device.close()
+
+
+@pytest.fixture
+def proxied_postgres(postgres_url):
+    """An app whose PostgreSQL connection runs through a `TcpProxy` the test can cut.
+
+    Yields `(app, proxy)`; the schema exists, and the engine and proxy are closed after.
+    """
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url)
+    proxy = TcpProxy(url.port or 5432).start()
+    app = create_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": url.set(port=proxy.port).render_as_string(False),
+            "SQLALCHEMY_ENGINE_OPTIONS": {
+                "pool_pre_ping": True,
+                "connect_args": {"connect_timeout": 2},
+            },
+        }
+    )
+    with app.app_context():
+        db.create_all()
+    yield app, proxy
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+    proxy.stop()

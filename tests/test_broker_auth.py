@@ -6,12 +6,12 @@ import logging
 from contextlib import contextmanager
 
 import pytest
-from conftest import TcpProxy, new_uuid
+from conftest import new_uuid
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from iot_server import broker_auth, create_app, policy, tokens
+from iot_server import broker_auth, policy, tokens
 from iot_server import devices as device_service
 from iot_server.broker_auth import ALLOW, DENY, IGNORE, DenialLog, TtlCache
 from iot_server.extensions import db
@@ -449,25 +449,14 @@ def test_ttl_cache_is_bounded_and_expires():
     assert cache.get("b", now=10) is None
 
 
-def test_real_database_outage_denies_then_recovers(postgres_url, caplog):
+def test_real_database_outage_denies_then_recovers(proxied_postgres, caplog):
     """PostgreSQL behind a proxy we cut: hooks deny and log during the outage, nothing is
     cached, and the same login succeeds once the database is back (no restart)."""
-    url = make_url(postgres_url)
-    proxy = TcpProxy(url.port or 5432).start()
-    app = create_app(
-        {
-            "SQLALCHEMY_DATABASE_URI": url.set(port=proxy.port).render_as_string(False),
-            "SQLALCHEMY_ENGINE_OPTIONS": {
-                "pool_pre_ping": True,
-                "connect_args": {"connect_timeout": 2},
-            },
-        }
-    )
+    app, proxy = proxied_postgres
     master, agent = new_uuid(), new_uuid()
     caplog.set_level(logging.INFO, logger="iot_server.hooks")
     try:
         with app.app_context():
-            db.create_all()
             owner = Owner(username=f"outage-{master[:8]}", password_hash="x")
             db.session.add(owner)
             db.session.flush()
@@ -495,5 +484,3 @@ def test_real_database_outage_denies_then_recovers(postgres_url, caplog):
                 conn.execute(Device.__table__.delete().where(Device.uuid.in_([agent])))
                 conn.execute(Device.__table__.delete().where(Device.uuid.in_([master])))
                 conn.execute(Owner.__table__.delete().where(Owner.username.like("outage-%")))
-            db.engine.dispose()
-        proxy.stop()

@@ -1,12 +1,10 @@
 """Every error path answers JSON `{"c": ...}`: never HTML, never a traceback."""
 
 import pytest
-from conftest import MASTER_SECRET, TcpProxy, new_uuid
+from conftest import MASTER_SECRET, new_uuid
 from flask import Flask
-from sqlalchemy.engine import make_url
 
 from iot_server import create_app
-from iot_server.extensions import db
 
 
 def assert_json_error(response, status, code):
@@ -61,52 +59,34 @@ def test_garbage_query_strings_are_clear_4xx(client):
         assert response.get_json()["c"] == "BAD_REQUEST"
 
 
-def test_database_outage_is_503_then_recovers_without_restart(postgres_url):
+def test_database_outage_is_503_then_recovers_without_restart(proxied_postgres):
     """The app talks to PostgreSQL through a proxy we cut: 503 during, 200 after."""
-    url = make_url(postgres_url)
-    proxy = TcpProxy(url.port or 5432).start()
-    app = create_app(
-        {
-            "SQLALCHEMY_DATABASE_URI": url.set(port=proxy.port).render_as_string(False),
-            "SQLALCHEMY_ENGINE_OPTIONS": {
-                "pool_pre_ping": True,
-                "connect_args": {"connect_timeout": 2},
-            },
-        }
-    )
+    app, proxy = proxied_postgres
     client = app.test_client()
     headers = {"Authorization": f"Bearer {MASTER_SECRET}"}
-    try:
-        with app.app_context():
-            db.create_all()
-        assert client.get("/readyz").status_code == 200
-        assert (
-            client.get(f"/auth/devices/request?uuid={new_uuid()}", headers=headers).status_code
-            == 401
-        )
+    assert client.get("/readyz").status_code == 200
+    assert (
+        client.get(f"/auth/devices/request?uuid={new_uuid()}", headers=headers).status_code == 401
+    )
 
-        proxy.cut()
-        assert_json_error(client.get("/readyz"), 503, "ERROR")
-        response = client.get(
-            f"/auth/devices/request?uuid={new_uuid()}",
-            headers=headers,
-            environ_base={"REMOTE_ADDR": "10.9.9.9"},
-        )
-        assert_json_error(response, 503, "ERROR")
-        assert client.get("/healthz").status_code == 200
+    proxy.cut()
+    assert_json_error(client.get("/readyz"), 503, "ERROR")
+    response = client.get(
+        f"/auth/devices/request?uuid={new_uuid()}",
+        headers=headers,
+        environ_base={"REMOTE_ADDR": "10.9.9.9"},
+    )
+    assert_json_error(response, 503, "ERROR")
+    assert client.get("/healthz").status_code == 200
 
-        proxy.start()
-        assert client.get("/readyz").status_code == 200
-        response = client.get(
-            f"/auth/devices/request?uuid={new_uuid()}",
-            headers=headers,
-            environ_base={"REMOTE_ADDR": "10.9.9.8"},
-        )
-        assert response.status_code == 401
-    finally:
-        with app.app_context():
-            db.engine.dispose()
-        proxy.stop()
+    proxy.start()
+    assert client.get("/readyz").status_code == 200
+    response = client.get(
+        f"/auth/devices/request?uuid={new_uuid()}",
+        headers=headers,
+        environ_base={"REMOTE_ADDR": "10.9.9.8"},
+    )
+    assert response.status_code == 401
 
 
 def test_create_app_refuses_equal_registration_secrets(database):
