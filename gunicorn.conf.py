@@ -37,6 +37,9 @@ keepalive = 30
 timeout = 30
 graceful_timeout = 20
 forwarded_allow_ips = "*" if _config.TRUSTED_PROXIES else "127.0.0.1"
+# gunicorn's control socket lives at one fixed path per user: two instances on one host
+# would take it from each other, and nothing here uses it.
+control_socket_disable = True
 
 # The access log as the same JSON lines as the app (python-json-logger).
 accesslog = "-"

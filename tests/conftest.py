@@ -526,3 +526,131 @@ def proxied_postgres(postgres_url):
         db.session.remove()
         db.engine.dispose()
     proxy.stop()
+
+
+# ---------------------------------------------------------------- gunicorn instances
+
+
+@pytest.fixture(scope="session")
+def server_database(postgres_url) -> str:
+    """A migrated PostgreSQL database of its own for servers run as subprocesses.
+
+    gunicorn instances and pinger processes share it; it is `<postgres db>_servers`, so the
+    in-process `app` fixture (which empties its tables per test) never races them.
+    """
+    from sqlalchemy import create_engine
+
+    url = f"{postgres_url}_servers"
+    name = url.rsplit("/", 1)[1]
+    server = create_engine(
+        postgres_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT"
+    )
+    with server.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    server.dispose()
+    migrate = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
+        cwd=ROOT,
+        env={**server_env(url), "IOT_ENV": "production"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    return url
+
+
+def server_env(database_url: str, **overrides: str) -> dict[str, str]:
+    """Environment for a production-mode subprocess (gunicorn, pinger) on that database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IOT_", "RATELIMIT_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        JWT_SECRET="test-jwt-secret-of-a-sensible-length-0123456789",  # as TestingConfig,
+        DEVICE_MASTER_SECRET_KEY=MASTER_SECRET,
+        DEVICE_AGENT_SECRET_KEY=AGENT_SECRET,
+        MQTT_SECRET_KEY=MQTT_SECRET,
+        LOG_FORMAT="json",
+    )
+    env.update(overrides)
+    return env
+
+
+class GunicornServer:
+    """`gunicorn -c gunicorn.conf.py wsgi:app` as production runs it, on a free port.
+
+    stdout (access log) and stderr (app and gunicorn logs) go to files under `log_dir`;
+    `records()` parses their JSON lines.
+    """
+
+    def __init__(self, env: dict[str, str], log_dir: Path, workers: int = 2):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**env, "PORT": str(self.port), "WEB_CONCURRENCY": str(workers)}
+        self.env["PROMETHEUS_MULTIPROC_DIR"] = str(log_dir / f"metrics-{self.port}")
+        Path(self.env["PROMETHEUS_MULTIPROC_DIR"]).mkdir()
+        self.stdout_path = log_dir / f"gunicorn-{self.port}.out"
+        self.stderr_path = log_dir / f"gunicorn-{self.port}.err"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> GunicornServer:
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=err,
+            )
+        try:
+            wait_for_port(self.port, timeout=30)
+        except TimeoutError as exc:
+            self.stop()
+            raise RuntimeError(f"gunicorn did not start:\n{self.stderr_path.read_text()}") from exc
+        return self
+
+    def worker_pids(self) -> set[int]:
+        """The arbiter's live children (to prove no worker was restarted)."""
+        assert self.process is not None
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return {int(child) for child in children}
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def output(self) -> str:
+        return self.stdout_path.read_text() + self.stderr_path.read_text()
+
+    def records(self) -> list[dict]:
+        """Every JSON log line either stream has written so far."""
+        records = []
+        for line in self.output().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    records.append(json.loads(line))
+        return records
+
+
+@pytest.fixture
+def start_gunicorn(server_database, tmp_path):
+    """Factory: `start_gunicorn(workers=2, **env)` runs gunicorn on the servers' database.
+
+    Every instance started is stopped after the test.
+    """
+    servers: list[GunicornServer] = []
+
+    def start(workers: int = 2, **env: str) -> GunicornServer:
+        server = GunicornServer(server_env(server_database, **env), tmp_path, workers)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
