@@ -2,7 +2,7 @@
 
 from flask import current_app, request
 from flask_jwt_extended import JWTManager
-from flask_limiter import Limiter
+from flask_limiter import Limit, Limiter
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase
@@ -27,7 +27,8 @@ migrate = Migrate()
 jwt = JWTManager()
 limiter = Limiter(
     key_func=client_ip,
-    default_limits=[default_rate_limit],
+    # One bucket per client IP shared by every route without a limit of its own (SPEC.md).
+    default_limits=[Limit(default_rate_limit, shared=True, scope="default")],
     headers_enabled=True,
     # Limiter storage (Redis) down: serve on per-process counters and log it, never fail.
     swallow_errors=True,

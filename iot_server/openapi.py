@@ -186,7 +186,8 @@ DOCUMENT: dict = {
             "with `Allow`; a body over 64 KB answers 413 `TOO_LARGE`; a database outage "
             "answers 503 `ERROR`. Rate limits: `/auth/*` share one bucket per client IP "
             "(`RATELIMIT_AUTH`, default 5 per 5 seconds); every other route but the hooks "
-            "and health has `RATELIMIT_DEFAULT` (default 200 per 30 seconds); over the limit "
+            "and health shares a second bucket per client IP (`RATELIMIT_DEFAULT`, default 200 "
+            "per 30 seconds); over the limit "
             "is 429 `RATE_LIMITED` with `Retry-After`."
         ),
     },

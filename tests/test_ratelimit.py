@@ -85,6 +85,21 @@ def test_default_limit_applies_to_other_routes(app_config, devices):
     assert statuses == [200, 200, 200, 429]
 
 
+def test_default_limit_is_one_bucket_shared_by_every_route(app_config, devices):
+    """/mqtt, /devices and /openapi.json draw on the same per-IP bucket; /auth does not."""
+    app = create_app({**app_config, "RATELIMIT_DEFAULT": "3 per 30 seconds"})
+    client = app.test_client()
+    token = devices.token(devices.master())
+    assert client.get("/mqtt", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert client.get("/devices").status_code == 403  # no owner token: still counted
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/mqtt", headers={"Authorization": f"Bearer {token}"}).status_code == 429
+    assert client.get("/devices").status_code == 429
+    assert register(client).status_code == 401  # the /auth bucket is its own
+    other = {"REMOTE_ADDR": "192.0.2.77"}
+    assert client.get("/openapi.json", environ_base=other).status_code == 200
+
+
 def test_health_endpoints_are_exempt(client):
     for _ in range(250):
         assert client.get("/healthz").status_code == 200
