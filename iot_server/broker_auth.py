@@ -512,7 +512,10 @@ def read_body(request: Request) -> dict | None:
     if request.mimetype in FORM_TYPES:
         return request.form.to_dict()
     # EMQX and go-auth send application/json; parse regardless of a missing content type.
-    data = request.get_json(force=True, silent=True)
+    try:
+        data = request.get_json(force=True, silent=True)
+    except RecursionError:  # nesting deeper than the parser's stack: not a hook body
+        return None
     if data is None:
         return None
     return data if isinstance(data, dict) else {}

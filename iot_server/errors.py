@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
-from sqlalchemy.exc import DBAPIError, OperationalError
+from flask import Flask, Response, current_app, jsonify, request
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
@@ -88,9 +88,22 @@ def handle_http_exception(exc: HTTPException) -> Response:
     return response
 
 
+def discard_session(exc: BaseException | None = None) -> None:
+    """End the request's session; its connection may have died with the database.
+
+    Registered after Flask-SQLAlchemy's own teardown, so it runs first: that one would
+    raise from the ROLLBACK of a dead connection and turn a finished answer into a 500.
+    """
+    try:
+        db.session.remove()
+    except SQLAlchemyError as error:  # SQLAlchemy has invalidated the dead connection
+        log.warning("database connection lost at the end of a request: %s", type(error).__name__)
+        db.session.registry.clear()
+
+
 def handle_unexpected(exc: Exception) -> Response:
     """Anything else: roll back, log the trace server-side, answer 503 or 500."""
-    db.session.rollback()
+    discard_session()
     if is_database_outage(exc):
         log.error("database unavailable: %s", type(exc).__name__)
         return error_response(503, "database unavailable")
@@ -98,8 +111,19 @@ def handle_unexpected(exc: Exception) -> Response:
     return error_response(500, "internal error")
 
 
+def refuse_oversized_body() -> Response | None:
+    """413 for a declared body over MAX_CONTENT_LENGTH, on every route: werkzeug only
+    enforces the limit when a view reads the body, and most views never do."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit is not None and (request.content_length or 0) > limit:
+        return error_response(413, "request body over the size limit")
+    return None
+
+
 def init_app(app: Flask) -> None:
     """Register the handlers on the app, so every blueprint answers alike."""
+    app.before_request(refuse_oversized_body)
     app.register_error_handler(ApiError, handle_api_error)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)
+    app.teardown_appcontext(discard_session)

@@ -36,7 +36,7 @@ def json_object() -> dict:
     raw = request.get_data(cache=True)
     try:
         body = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep to parse
         raise ApiError(400, "body must be a JSON object") from None
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object")

@@ -108,7 +108,7 @@ def clear_tables() -> None:
     db.session.commit()
 
 
-def test_config(database: str, **overrides) -> dict:
+def config_for(database: str, **overrides) -> dict:
     """The mapping tests give `create_app` (over TestingConfig)."""
     return {"SQLALCHEMY_DATABASE_URI": database, **overrides}
 
@@ -116,7 +116,7 @@ def test_config(database: str, **overrides) -> dict:
 @pytest.fixture
 def app_config(database) -> dict:
     """Override point: a test module may extend this mapping (e.g. rate limits)."""
-    return test_config(database)
+    return config_for(database)
 
 
 @pytest.fixture

@@ -498,12 +498,12 @@ def test_wrong_method_is_405_in_our_shape(client, alice):
 
 
 def test_devices_use_the_default_rate_limit(database, devices):
-    from conftest import test_config
+    from conftest import config_for
 
     from iot_server import create_app
     from iot_server.extensions import limiter
 
-    app = create_app(test_config(database, RATELIMIT_DEFAULT="3 per minute"))
+    app = create_app(config_for(database, RATELIMIT_DEFAULT="3 per minute"))
     with app.app_context():
         limiter.reset()
         owner = db.session.execute(db.select(Owner).filter_by(username="alice")).scalar()
