@@ -311,10 +311,14 @@ def authenticate(username: object, password: object, clientid: object) -> Decisi
 
     if device.client_id != clientid:
         try:
-            record_client_id(uuid, clientid)
+            recorded = record_client_id(uuid, clientid, device.token_version)
         except DatabaseUnavailable as exc:
             log.error("login denied for %s: database unavailable (%s)", username, exc)
             return Decision(DENY, "database unavailable")
+        if not recorded:
+            # Revoked (here or on another instance) since we read it: writing the client id
+            # back would revive the session that the revocation has just cleared.
+            return _login_denied(username, "token revoked", uuid, key)
         device = replace(device, client_id=clientid)
     hooks.devices.put(uuid, device, device.loaded_at + config["HOOK_CACHE_TTL"])
     return Decision(ALLOW, identity=device.identity(), expire_at=int(claims["exp"]))
@@ -486,16 +490,21 @@ def load_device_state(uuid: str) -> DeviceState | None:
     )
 
 
-def record_client_id(uuid: str, clientid: str) -> None:
-    """Remember the client id the device authenticated with (only called when it changed)."""
-    statement = (
-        update(Device.__table__).where(_COLUMNS.uuid == uuid).values(mqtt_client_id=clientid)
-    )
+def record_client_id(uuid: str, clientid: str, token_version: int | None = None) -> bool:
+    """Remember the client id the device authenticated with (only called when it changed).
+
+    With `token_version`, only while the device is still at that version: False when a
+    revocation committed since the caller read it.
+    """
+    statement = update(Device.__table__).where(_COLUMNS.uuid == uuid)
+    if token_version is not None:
+        statement = statement.where(_COLUMNS.token_version == token_version)
     try:
         with db.engine.begin() as conn:
-            conn.execute(statement)
+            result = conn.execute(statement.values(mqtt_client_id=clientid))
     except SQLAlchemyError as exc:
         raise DatabaseUnavailable(type(exc).__name__) from None
+    return result.rowcount == 1
 
 
 # ---------------------------------------------------------------- request bodies

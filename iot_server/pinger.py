@@ -8,6 +8,10 @@ batches (SPEC.md, "MQTT behaviour"). Run it with `flask --app wsgi pinger` or
 Threads: paho's network loop (`loop_forever`, the caller's thread) runs the callbacks, which
 only parse, publish and note presence under a lock; a sweeper thread sends the re-PINGs;
 a flusher thread writes presence to the database once a second.
+
+Replicas (`MQTT_SHARED_GROUP`) each hear part of a device's messages; they share presence
+through `last_seen_at`, which only moves forward, and a replica reads it before re-PINGing
+a device it found silent, so a device that another replica hears is left alone.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from flask import Flask
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import DateTime, event, text
+from sqlalchemy import DateTime, event, select, text
 from sqlalchemy.engine import Engine
 
 from .identifiers import parse_uuid
@@ -108,12 +112,19 @@ def ignore(topic: str, reason: str) -> None:
 
 # One statement per batch, whatever its size, with a single JSON parameter: the SQL text
 # never changes, so nothing is compiled per batch and no parameter limit applies.
+# Only ever forward: with replicas sharing the ping load, another replica's batch may hold
+# an older time for the same device and land after ours (likewise a batch kept through a
+# database outage), and it must not move `last_seen_at` back.
 UPDATE_LAST_SEEN = {
     "postgresql": "UPDATE {table} SET last_seen_at = CAST(seen.value AS timestamptz)"
-    " FROM json_each_text(CAST(:seen AS json)) AS seen WHERE {table}.uuid = seen.key",
-    # SQLite >= 3.33 (UPDATE … FROM) with its built-in JSON functions.
+    " FROM json_each_text(CAST(:seen AS json)) AS seen WHERE {table}.uuid = seen.key"
+    " AND ({table}.last_seen_at IS NULL"
+    " OR {table}.last_seen_at < CAST(seen.value AS timestamptz))",
+    # SQLite >= 3.33 (UPDATE … FROM) with its built-in JSON functions. The column holds
+    # SQLAlchemy's fixed-width UTC text, so comparing text compares times.
     "sqlite": "UPDATE {table} SET last_seen_at = seen.value"
-    " FROM json_each(:seen) AS seen WHERE {table}.uuid = seen.key",
+    " FROM json_each(:seen) AS seen WHERE {table}.uuid = seen.key"
+    " AND ({table}.last_seen_at IS NULL OR {table}.last_seen_at < seen.value)",
 }
 
 
@@ -138,6 +149,20 @@ def write_last_seen(engine: Engine, seen: dict[str, float]) -> None:
         )
 
 
+def read_last_seen(engine: Engine, uuids: list[str]) -> dict[str, float]:
+    """`{uuid: Unix time}` of the devices' `last_seen_at` (unknown or never seen: absent)."""
+    seen = {}
+    with engine.connect() as connection:
+        for start in range(0, len(uuids), MAX_BATCH):
+            query = select(Device.uuid, Device.last_seen_at).where(
+                Device.uuid.in_(uuids[start : start + MAX_BATCH]), Device.last_seen_at.is_not(None)
+            )
+            for uuid, at in connection.execute(query):
+                # SQLite hands back naive UTC; PostgreSQL an aware time.
+                seen[uuid] = (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+    return seen
+
+
 class Pinger:
     """The service account's MQTT client: answers PINGs, re-PINGs the quiet, writes presence."""
 
@@ -157,6 +182,7 @@ class Pinger:
     ) -> None:
         self.address = parse_broker_url(broker_url)
         self.subscription = ping_subscription(shared_group)
+        self.shared = bool(shared_group)
         self.engine = engine
         self.flush_interval = flush_interval
         self.stats_interval = stats_interval
@@ -359,6 +385,8 @@ class Pinger:
         """Send the due server PINGs and forget devices that went offline."""
         with self._lock:
             to_ping, offline = self.presence.sweep(time.monotonic() if now is None else now)
+        if self.shared and self.engine is not None and (to_ping or offline):
+            to_ping, offline = self._not_heard_by_the_group(to_ping, offline)
         for uuid in to_ping:
             if self.publish(f"device/{uuid}/ping", SERVER_PING):
                 self.stats["server_pings"] += 1
@@ -368,6 +396,38 @@ class Pinger:
             self.stats["offline"] += len(offline)
             log.info("%d device(s) went offline", len(offline))
         return to_ping, offline
+
+    def _not_heard_by_the_group(
+        self, to_ping: list[str], offline: list[str]
+    ) -> tuple[list[str], list[str]]:
+        """Keep only the devices that no replica heard within the interval.
+
+        With a shared group the broker spreads a device's messages over the replicas, so
+        this one may find silent a device that another heard a moment ago; `last_seen_at`
+        (written by all, at most a flush interval late) tells. Such a device is neither
+        PINGed nor dropped: it counts as heard when the group last heard it.
+        """
+        try:
+            seen = read_last_seen(self.engine, to_ping + offline)
+        except Exception as exc:
+            log.debug("cannot read presence (%s): deciding alone", type(exc).__name__)
+            return to_ping, offline
+        now = time.monotonic()
+        offset = time.time() - now
+        heard = {
+            uuid: at - offset
+            for uuid, at in seen.items()
+            if now - (at - offset) < self.presence.interval
+        }
+        if heard:
+            with self._lock:
+                for uuid, at in heard.items():
+                    self.presence.heard_elsewhere(uuid, at)
+            self.stats["heard_by_others"] += len(heard)
+        return (
+            [uuid for uuid in to_ping if uuid not in heard],
+            [uuid for uuid in offline if uuid not in heard],
+        )
 
     def _sweep_loop(self) -> None:
         """Every tick: re-PING the quiet (only while connected); log stats now and then."""

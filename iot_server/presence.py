@@ -48,6 +48,12 @@ class Presence:
         """The device sent a PING or a PONG at `now`: it is online, its misses are forgiven."""
         self._last_seen[uuid_key(uuid)] = now
 
+    def heard_elsewhere(self, uuid: str, at: float) -> None:
+        """Another replica heard the device at `at`: counts as seen unless heard later here."""
+        key = uuid_key(uuid)
+        if self._last_seen.get(key, -math.inf) < at:
+            self._last_seen[key] = at
+
     def misses(self, uuid: str) -> int:
         """How many server PINGs in a row the device has left unanswered (as of the last
         sweep)."""
