@@ -1,6 +1,7 @@
 """Benchmark the broker hooks against gunicorn + PostgreSQL, with /healthz as the ceiling.
 
     python bench/hooks.py [--duration 10] [--clients 64] [--workers N] [--load-processes 2]
+    python bench/hooks.py --cpus 0 --load-cpus 1 --workers 3   # one API core, load on another
 
 It creates (or empties) the PostgreSQL database `iot_bench` on postgres@127.0.0.1 (override
 with BENCH_DATABASE_URL), migrates it with `flask --app wsgi db upgrade`, seeds masters and
@@ -199,6 +200,37 @@ async def drive(
     return latencies, errors
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live children (Linux /proc), seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for process in [pid, *map(int, children)]:
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def parse_cpus(spec: str | None) -> set[int] | None:
+    """`taskset -c` style list (`0`, `0,1`, `0-3`) as a set of core numbers."""
+    if not spec:
+        return None
+    cores: set[int] = set()
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    return cores
+
+
+def pin_load_process(cores: set[int] | None) -> None:
+    """Pool initializer: keep a load process on its cores (Linux)."""
+    if cores:
+        os.sched_setaffinity(0, cores)
+
+
 def load_process(args: tuple) -> tuple[list[float], int]:
     """One load-generator process: its share of the clients, on its own event loop."""
     return asyncio.run(drive(*args))
@@ -270,6 +302,12 @@ def main(argv: list[str] | None = None) -> None:
         "per-process device cache); by default each client keeps to one device, as a "
         "device's session does",
     )
+    parser.add_argument(
+        "--cpus",
+        help="pin gunicorn (arbiter and workers) to these cores with `taskset -c`, e.g. 0, "
+        "for a figure per API core",
+    )
+    parser.add_argument("--load-cpus", help="pin the load processes to these cores, e.g. 1")
     args = parser.parse_args(argv)
     # Run as `python bench/hooks.py`: the project root is not on the path by itself.
     sys.path.insert(0, str(ROOT))
@@ -287,8 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     devices = seed(env, args.masters, args.agents)
     base = f"http://127.0.0.1:{port}"
+    pin = ["taskset", "-c", args.cpus] if args.cpus else []
     gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        [*pin, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -305,11 +344,13 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.load_processes} load processes; {args.duration:.0f} s per endpoint; "
             f"{'a random device per request' if args.spread else 'one device per client'}; "
             f"{f'offered {args.rate:.0f} req/s' if args.rate else 'closed loop'}; "
-            f"{os.cpu_count()} cores shared with the load generator",
+            f"{os.cpu_count()} cores shared with the load generator; "
+            f"gunicorn on cores {args.cpus or 'any'}, load on cores {args.load_cpus or 'any'}",
             flush=True,
         )
         context = multiprocessing.get_context("spawn")
-        with context.Pool(args.load_processes) as pool:
+        load_cores = parse_cpus(args.load_cpus)
+        with context.Pool(args.load_processes, pin_load_process, (load_cores,)) as pool:
             # /healthz first and last: the ceiling is their mean, which evens out drift
             # in what else the machine is doing during the run.
             plan = ["healthz", *(e for e in args.endpoints.split(",") if e != "healthz")]
@@ -317,7 +358,9 @@ def main(argv: list[str] | None = None) -> None:
                 load = (pool, base, endpoint, devices, args.clients, args.load_processes)
                 load = (*load, args.spread, args.rate)
                 measure(*load, args.warmup)
+                used = cpu_seconds(gunicorn.pid)
                 rows.append(measure(*load, args.duration))
+                rows[-1]["api_cpu_s"] = cpu_seconds(gunicorn.pid) - used
     finally:
         os.killpg(gunicorn.pid, signal.SIGTERM)
         try:
@@ -339,6 +382,15 @@ def main(argv: list[str] | None = None) -> None:
             f"| {row['rps'] / ceiling:.2f} | {f'≥ {target}' if target else '—'} "
             f"| {row['errors']} |"
         )
+
+    # What the API itself burns (gunicorn's arbiter and workers; PostgreSQL and the load
+    # generator not counted): requests per CPU-second is the capacity of one API core.
+    print("\n| endpoint | requests/s | API cores busy | requests per API CPU-second |")
+    print("|---|---:|---:|---:|")
+    for row in rows:
+        busy = row["api_cpu_s"] / args.duration
+        per_core = row["rps"] / busy if busy else float("nan")
+        print(f"| {row['endpoint']} | {row['rps']:.0f} | {busy:.2f} | {per_core:.0f} |")
 
 
 if __name__ == "__main__":

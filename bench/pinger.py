@@ -14,6 +14,11 @@ nothing else on the broker interferes:
 Simulated devices are a few paho connections (MQTT 5, `no_local`), each publishing for many
 device uuids and subscribed to exactly their topics. Run: `python bench/pinger.py`
 (`--database-url postgresql://…` to write presence to PostgreSQL instead of a SQLite file).
+
+Scale-out: `--replicas M` runs phases 2 and 3 against M pinger processes sharing the load
+through `MQTT_SHARED_GROUP` (`$share/<group>/device/+/ping`) and reports each replica's share;
+`--pinger-cpus 0` pins the pinger processes to those cores (`taskset -c`), so a figure per
+pinger core can be read while the broker and the load run elsewhere; `--phases` picks phases.
 """
 
 from __future__ import annotations
@@ -242,7 +247,13 @@ class PingerProcess:
 
     STATS = re.compile(r"stats (\{.*\})")
 
-    def __init__(self, broker_port: int, database_url: str) -> None:
+    def __init__(
+        self,
+        broker_port: int,
+        database_url: str,
+        shared_group: str | None = None,
+        cpus: str | None = None,
+    ) -> None:
         env = {
             **os.environ,
             "IOT_ENV": "development",
@@ -254,8 +265,11 @@ class PingerProcess:
             "PYTHONPATH": str(ROOT),
         }
         env.pop("MQTT_SHARED_GROUP", None)
+        if shared_group:
+            env["MQTT_SHARED_GROUP"] = shared_group
+        pin = ["taskset", "-c", cpus] if cpus else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "iot_server.pinger", "--stats-interval", "1"],
+            [*pin, sys.executable, "-m", "iot_server.pinger", "--stats-interval", "1"],
             cwd=ROOT,
             env=env,
             stderr=subprocess.PIPE,
@@ -284,6 +298,11 @@ class PingerProcess:
 
     def rss(self) -> float:
         return rss_mb(self.process.pid)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the pinger has used so far (Linux /proc), seconds."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> int:
         self.process.terminate()
@@ -343,13 +362,22 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5000.0, help="offered PING/s, phase 3")
     parser.add_argument("--memory-devices", type=int, default=100_000)
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="pinger processes in one shared group"
+    )
+    parser.add_argument("--pinger-cpus", help="taskset -c list for the pinger processes")
+    parser.add_argument(
+        "--phases", default="echo,pinger,fixed,memory", help="comma-separated subset to run"
+    )
     args = parser.parse_args()
     if shutil.which("mosquitto") is None:
         sys.exit("mosquitto is not installed")
+    phases = set(args.phases.split(","))
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-pinger-"))
     groups = [[str(uuidlib.uuid4()) for _ in range(args.devices)] for _ in range(args.clients)]
-    memory_uuids = [str(uuidlib.uuid4()) for _ in range(args.memory_devices)]
+    n_memory = args.memory_devices if "memory" in phases else 0
+    memory_uuids = [str(uuidlib.uuid4()) for _ in range(n_memory)]
     url = prepare_database(args.database_url, tmp, [u for g in groups for u in g] + memory_uuids)
 
     port = free_port()
@@ -357,70 +385,96 @@ def main() -> None:
         ["mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_for_port(port)
-    report: dict = {"cores": os.cpu_count(), "database": url.split(":")[0]}
+    report: dict = {
+        "cores": os.cpu_count(),
+        "database": url.split(":")[0],
+        "replicas": args.replicas,
+        "pinger_cpus": args.pinger_cpus or "any",
+    }
     load = {"port": port, "window": args.window, "duration": args.duration, "warmup": 2.0}
     try:
-        # 1. ceiling
-        echo = mp.get_context("spawn").Process(target=echo_server, args=(port,), daemon=True)
-        echo.start()
-        time.sleep(1)
-        report["echo"] = summarise(run_devices(closed_loop, groups, **load), args.duration)
-        echo.terminate()
-        echo.join()
+        if "echo" in phases:  # 1. ceiling
+            echo = mp.get_context("spawn").Process(target=echo_server, args=(port,), daemon=True)
+            echo.start()
+            time.sleep(1)
+            report["echo"] = summarise(run_devices(closed_loop, groups, **load), args.duration)
+            echo.terminate()
+            echo.join()
 
-        # 2. the pinger, saturated
-        pinger = PingerProcess(port, url)
-        pinger.wait_stats(lambda s: s.get("connects", 0) >= 1, timeout=30)
-        before = dict(pinger.stats)
-        report["pinger"] = summarise(run_devices(closed_loop, groups, **load), args.duration)
-        after = pinger.wait_stats(lambda s: s.get("pending", 1) == 0)
-        pings = after.get("pings", 0) - before.get("pings", 0)
-        statements = after.get("statements", 0) - before.get("statements", 0)
-        report["pinger"]["pings"] = pings
-        report["pinger"]["statements_per_1000_pings"] = 1000 * statements / max(pings, 1)
-        report["pinger"]["dropped"] = after.get("dropped", 0)
+        group = f"bench-{uuidlib.uuid4().hex[:8]}" if args.replicas > 1 else None
+        pingers = [
+            PingerProcess(port, url, shared_group=group, cpus=args.pinger_cpus)
+            for _ in range(args.replicas)
+        ]
+        for pinger in pingers:
+            pinger.wait_stats(lambda s: s.get("connects", 0) >= 1, timeout=30)
+        time.sleep(0.5)  # every replica's SUBSCRIBE has reached the broker
 
-        # 3. the pinger at a fixed offered rate
-        per_client = args.rate / args.clients
-        fixed = run_devices(open_loop, groups, port=port, rate=per_client, duration=args.duration)
-        sent = sum(r["sent"] for r in fixed)
-        report["fixed_rate"] = {
-            "offered_per_s": args.rate,
-            "answered_fraction": sum(r["received"] for r in fixed) / max(sent, 1),
-            **summarise(fixed, args.duration),
-        }
-        report["pinger_errors"] = pinger.errors[:5]
-        pinger.stop()
+        if "pinger" in phases:  # 2. the pinger(s), saturated
+            before = [dict(pinger.stats) for pinger in pingers]
+            cpu_before = [pinger.cpu_seconds() for pinger in pingers]
+            report["pinger"] = summarise(run_devices(closed_loop, groups, **load), args.duration)
+            after = [pinger.wait_stats(lambda s: s.get("pending", 1) == 0) for pinger in pingers]
+            cpu = sum(p.cpu_seconds() for p in pingers) - sum(cpu_before)
+            pairs = list(zip(after, before, strict=True))
+            shares = [a.get("pings", 0) - b.get("pings", 0) for a, b in pairs]
+            statements = sum(a.get("statements", 0) - b.get("statements", 0) for a, b in pairs)
+            pings = sum(shares)
+            report["pinger"]["pings"] = pings
+            report["pinger"]["pings_per_replica"] = shares
+            # The pinger's own CPU only (broker, database and load not counted).
+            report["pinger"]["pinger_cpu_s"] = cpu
+            report["pinger"]["pings_per_pinger_cpu_s"] = pings / cpu if cpu else None
+            report["pinger"]["statements_per_1000_pings"] = 1000 * statements / max(pings, 1)
+            report["pinger"]["dropped"] = sum(a.get("dropped", 0) for a in after)
 
-        # 4. memory: a fresh pinger takes the same load twice, 100,000 PINGs at the offered
-        # rate, first from 1,000 devices, then from 100,000 distinct ones: the RSS difference
-        # is what the device count costs, not what a burst of traffic leaves in the heap.
-        pinger = PingerProcess(port, url)
-        pinger.wait_stats(lambda s: s.get("connects", 0) >= 1, timeout=30)
-        n = len(memory_uuids)
-        report["memory"] = {"idle_mb": pinger.rss()}
-        few = [memory_uuids[:500] * (n // 1000), memory_uuids[500:1000] * (n // 1000)]
-        run_devices(open_loop, few, port=port, rate=args.rate / 2, duration=0, measure=False)
-        pinger.wait_stats(lambda s: s.get("pings", 0) >= n and s.get("pending", 1) == 0)
-        time.sleep(1.5)
-        report["memory"]["1k_devices_mb"] = pinger.rss()
-        report["memory"]["tracked_1k"] = pinger.stats.get("devices")
-        many = [memory_uuids[: n // 2], memory_uuids[n // 2 :]]
-        run_devices(open_loop, many, port=port, rate=args.rate / 2, duration=0, measure=False)
-        pinger.wait_stats(lambda s: s.get("pings", 0) >= 2 * n and s.get("pending", 1) == 0)
-        time.sleep(1.5)
-        report["memory"]["100k_devices_mb"] = pinger.rss()
-        report["memory"]["tracked_100k"] = pinger.stats.get("devices")
-        report["memory"]["delta_mb"] = (
-            report["memory"]["100k_devices_mb"] - report["memory"]["1k_devices_mb"]
-        )
-        pinger.stop()
+        if "fixed" in phases:  # 3. the pinger(s) at a fixed offered rate
+            per_client = args.rate / args.clients
+            fixed = run_devices(
+                open_loop, groups, port=port, rate=per_client, duration=args.duration
+            )
+            sent = sum(r["sent"] for r in fixed)
+            report["fixed_rate"] = {
+                "offered_per_s": args.rate,
+                "answered_fraction": sum(r["received"] for r in fixed) / max(sent, 1),
+                **summarise(fixed, args.duration),
+            }
+        report["pinger_errors"] = [e for pinger in pingers for e in pinger.errors][:5]
+        for pinger in pingers:
+            pinger.stop()
+
+        if "memory" in phases:
+            # 4. memory: a fresh pinger takes the same load twice, 100,000 PINGs at the offered
+            # rate, first from 1,000 devices, then from 100,000 distinct ones: the RSS difference
+            # is what the device count costs, not what a burst of traffic leaves in the heap.
+            pinger = PingerProcess(port, url)
+            pinger.wait_stats(lambda s: s.get("connects", 0) >= 1, timeout=30)
+            n = len(memory_uuids)
+            report["memory"] = {"idle_mb": pinger.rss()}
+            few = [memory_uuids[:500] * (n // 1000), memory_uuids[500:1000] * (n // 1000)]
+            run_devices(open_loop, few, port=port, rate=args.rate / 2, duration=0, measure=False)
+            pinger.wait_stats(lambda s: s.get("pings", 0) >= n and s.get("pending", 1) == 0)
+            time.sleep(1.5)
+            report["memory"]["1k_devices_mb"] = pinger.rss()
+            report["memory"]["tracked_1k"] = pinger.stats.get("devices")
+            many = [memory_uuids[: n // 2], memory_uuids[n // 2 :]]
+            run_devices(open_loop, many, port=port, rate=args.rate / 2, duration=0, measure=False)
+            pinger.wait_stats(lambda s: s.get("pings", 0) >= 2 * n and s.get("pending", 1) == 0)
+            time.sleep(1.5)
+            report["memory"]["100k_devices_mb"] = pinger.rss()
+            report["memory"]["tracked_100k"] = pinger.stats.get("devices")
+            report["memory"]["delta_mb"] = (
+                report["memory"]["100k_devices_mb"] - report["memory"]["1k_devices_mb"]
+            )
+            pinger.stop()
     finally:
         broker.kill()
         broker.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    report["ratio_to_echo"] = report["pinger"]["pongs_per_s"] / report["echo"]["pongs_per_s"]
+    if "pinger" in report and "echo" in report:
+        ratio = report["pinger"]["pongs_per_s"] / report["echo"]["pongs_per_s"]
+        report["ratio_to_echo"] = ratio
     print(json.dumps(report, indent=2, default=lambda x: round(x, 2)))
 
 
