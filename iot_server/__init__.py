@@ -44,11 +44,17 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
 
 
 def configure_derived(app: Flask) -> None:
-    """Settings computed from others: the database default and the JWT options."""
+    """Settings computed from others: the database default and pool, the JWT options."""
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
         os.makedirs(app.instance_path, exist_ok=True)
         path = os.path.join(app.instance_path, "iot_server.sqlite")
         app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{path}"
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+            "pool_size": app.config["DATABASE_POOL_SIZE"],
+            "max_overflow": app.config["DATABASE_MAX_OVERFLOW"],
+            **app.config["SQLALCHEMY_ENGINE_OPTIONS"],
+        }
     master, agent = app.config["DEVICE_MASTER_SECRET_KEY"], app.config["DEVICE_AGENT_SECRET_KEY"]
     if master and master == agent:
         # The secret decides a device's kind: equal secrets would make that ambiguous.

@@ -66,6 +66,10 @@ class Config:
         # pre_ping replaces connections that died while the database was away,
         # so the first request after an outage succeeds instead of failing once more.
         self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+        # Connections per process (PostgreSQL): instances × workers × (pool + overflow)
+        # must stay under the server's max_connections (docs/scaling.md).
+        self.DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 5)
+        self.DATABASE_MAX_OVERFLOW = env_int("DATABASE_MAX_OVERFLOW", 10)
 
         self.JWT_SECRET = env_str("JWT_SECRET")
         self.DEVICE_MASTER_SECRET_KEY = env_str("DEVICE_MASTER_SECRET_KEY")

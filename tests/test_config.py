@@ -6,6 +6,7 @@ import sys
 
 import pytest
 from conftest import ROOT, free_port, wait_for_port
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from iot_server.config import REQUIRED_SECRETS, Config, DevelopmentConfig, database_url
 
@@ -51,6 +52,7 @@ def test_defaults_follow_the_spec(clean_env):
     assert DevelopmentConfig().LOG_FORMAT == "text"
     assert config.DEBUG_LOGS is False
     assert config.SQLALCHEMY_DATABASE_URI is None
+    assert (config.DATABASE_POOL_SIZE, config.DATABASE_MAX_OVERFLOW) == (5, 10)
     assert config.missing_secrets() == list(REQUIRED_SECRETS)
 
 
@@ -113,6 +115,28 @@ def base_env(tmp_path):
     env.pop("IOT_ENV", None)
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'prod.sqlite'}"
     return env
+
+
+def test_database_pool_is_sized_from_the_environment(clean_env, postgres_url):
+    """DATABASE_POOL_SIZE and DATABASE_MAX_OVERFLOW bound each process's connections."""
+    from iot_server import create_app
+    from iot_server.extensions import db
+
+    for name, value in SECRETS.items():
+        clean_env.setenv(name, value)
+    clean_env.setenv("DATABASE_URL", postgres_url)
+    clean_env.setenv("DATABASE_POOL_SIZE", "2")
+    clean_env.setenv("DATABASE_MAX_OVERFLOW", "0")
+    config = Config()
+    config.SQLALCHEMY_ENGINE_OPTIONS["pool_timeout"] = 0.2  # rather than wait 30 s
+    app = create_app(config)
+    with app.app_context():
+        held = [db.engine.connect() for _ in range(2)]
+        with pytest.raises(PoolTimeout):
+            db.engine.connect()
+        for connection in held:
+            connection.close()
+        db.engine.dispose()
 
 
 def test_gunicorn_refuses_to_start_without_secrets(tmp_path):
