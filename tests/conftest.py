@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import socket
 import subprocess
 import sys
@@ -280,6 +281,71 @@ def amqtt_broker(live_server):
     broker = BrokerProcess(live_server.port).start()
     yield broker
     broker.stop()
+
+
+class PrivateServer:
+    """A server binary of one test, foreground on a free port, that the test may kill
+    (SIGKILL: an abrupt outage, every connection reset) and start again on that port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self):
+        self.process = subprocess.Popen(
+            self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(self.port)
+        return self
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class PrivateMosquitto(PrivateServer):
+    """An anonymous Mosquitto (`mosquitto -p PORT`): nobody else's pinger answers on it."""
+
+    def argv(self) -> list[str]:
+        return ["mosquitto", "-p", str(self.port)]
+
+
+class RedisServer(PrivateServer):
+    """A `redis-server` without persistence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def argv(self) -> list[str]:
+        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"] + [
+            "--save", "", "--appendonly", "no"
+        ]  # fmt: skip
+
+    def client(self):
+        """A redis-py client of this server."""
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=2)
+
+    def keys(self) -> list[bytes]:
+        """Every key stored (the limiter's counters)."""
+        with contextlib.closing(self.client()) as client:
+            return client.keys("*")
+
+
+@pytest.fixture
+def private_mosquitto():
+    """A Mosquitto of this test alone, on a free port."""
+    if shutil.which("mosquitto") is None:
+        service_unavailable("the mosquitto binary")
+    broker = PrivateMosquitto().start()
+    yield broker
+    broker.kill()
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
 
-from conftest import free_port, wait_for_port
 from sqlalchemy import create_engine, select
 
 from iot_server import create_app
@@ -98,64 +96,6 @@ def snapshot(database_url: str) -> dict[str, list[tuple]]:
 
 
 # ---------------------------------------------------------------- private services
-
-
-class RedisServer:
-    """A private `redis-server` (no persistence) on a free port, that a test may kill."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> RedisServer:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-            + ["--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: an abrupt outage, every connection reset."""
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def client(self):
-        """A redis-py client of this server."""
-        import redis
-
-        return redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=2)
-
-    def keys(self) -> list[bytes]:
-        """Every key stored (the limiter's counters)."""
-        with contextlib.closing(self.client()) as client:
-            return client.keys("*")
-
-
-class PrivateMosquitto:
-    """An anonymous `mosquitto -p PORT` of one test, killed with SIGKILL and restarted."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> PrivateMosquitto:
-        self.process = subprocess.Popen(
-            ["mosquitto", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
-        return self
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 # ---------------------------------------------------------------- HTTP bursts

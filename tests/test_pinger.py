@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,8 +23,6 @@ from conftest import (
     ROOT,
     free_port,
     new_uuid,
-    service_unavailable,
-    wait_for_port,
 )
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import create_engine
@@ -42,38 +39,6 @@ INTERVAL = 0.3
 
 
 # ---------------------------------------------------------------- brokers and clients
-
-
-class Mosquitto:
-    """A private anonymous Mosquitto on a free port (`mosquitto -p PORT`, foreground)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> Mosquitto:
-        self.process = subprocess.Popen(
-            ["mosquitto", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
-        return self
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-@pytest.fixture
-def private_mosquitto():
-    """A Mosquitto of this test alone: nobody else's pinger answers, and it may be killed."""
-    if shutil.which("mosquitto") is None:
-        service_unavailable("the mosquitto binary")
-    broker = Mosquitto().start()
-    yield broker
-    broker.stop()
 
 
 class RunningPinger:
@@ -252,7 +217,7 @@ def test_broker_restart_reconnects_and_resubscribes(private_mosquitto, start_pin
     device.send(PING)
     assert device.from_server()[0]["c"] == "PONG"
 
-    private_mosquitto.stop()
+    private_mosquitto.kill()
     assert wait_until(lambda: not pinger.connected.is_set())
     time.sleep(0.5)
     private_mosquitto.start()  # same port; a fresh broker with no subscriptions

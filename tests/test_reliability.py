@@ -25,11 +25,17 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 import pytest
 import requests
-from conftest import MASTER_SECRET, MQTT_SECRET, ROOT, TcpProxy, service_unavailable
-from paho.mqtt.enums import CallbackAPIVersion
-from reliability_kit import (
+from conftest import (
+    MASTER_SECRET,
+    MQTT_SECRET,
+    ROOT,
     PrivateMosquitto,
     RedisServer,
+    TcpProxy,
+    service_unavailable,
+)
+from paho.mqtt.enums import CallbackAPIVersion
+from reliability_kit import (
     burst,
     figure,
     owner_token_of,

@@ -20,7 +20,6 @@ import contextlib
 import json
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,19 +35,17 @@ from conftest import (
     MASTER_SECRET,
     MQTT_SECRET,
     ROOT,
+    Devices,
     GunicornServer,
-    free_port,
     new_uuid,
     server_env,
-    service_unavailable,
-    wait_for_port,
 )
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import create_engine, select, update
 
 from iot_server import broker_auth, create_app, tokens
 from iot_server.extensions import db
-from iot_server.models import AGENT, MASTER, Device, Owner
+from iot_server.models import Device, Owner
 from iot_server.pinger import Pinger, read_last_seen, write_last_seen
 
 pytestmark = pytest.mark.slow
@@ -103,38 +100,22 @@ def fleet(server_database):
         db.engine.dispose()
 
 
-class Fleet:
-    """Rows and tokens in the servers' database."""
+class Fleet(Devices):
+    """`Devices` in the servers' database, all claimed by one owner of the fleet's own."""
 
     def __init__(self, app, url: str):
-        self.app, self.url = app, url
+        super().__init__(app, app.test_client())
+        self.url = url
+        self.username = f"scale-{new_uuid()[:8]}"
         with app.app_context():
-            owner = Owner(username=f"scale-{new_uuid()[:8]}", password_hash="unused")
+            owner = Owner(username=self.username, password_hash="unused")
             db.session.add(owner)
             db.session.commit()
-            self.owner_id = owner.id
             self.owner_token = tokens.issue_owner_token(owner)
 
     def master(self) -> str:
         """A master claimed by the fleet's owner."""
-        uuid = new_uuid()
-        with self.app.app_context():
-            db.session.add(Device(uuid=uuid, kind=MASTER, owner_id=self.owner_id))
-            db.session.commit()
-        return uuid
-
-    def agent(self, master: str) -> str:
-        """An agent linked to `master`."""
-        uuid = new_uuid()
-        with self.app.app_context():
-            db.session.add(Device(uuid=uuid, kind=AGENT, master_uuid=master))
-            db.session.commit()
-        return uuid
-
-    def token(self, uuid: str) -> str:
-        """A device token at the device's current version."""
-        with self.app.app_context():
-            return tokens.issue_device_token(db.session.get(Device, uuid))
+        return super().master(owner=self.username)
 
     def last_seen(self, uuids: list[str]) -> dict[str, datetime | None]:
         """`last_seen_at` of each device, read afresh."""
@@ -354,18 +335,9 @@ def test_presence_reads_back_as_written(app, devices):
 
 
 @pytest.fixture
-def broker():
-    """A Mosquitto of this test alone (the machine's binary, a free port)."""
-    if shutil.which("mosquitto") is None:
-        service_unavailable("the mosquitto binary")
-    port = free_port()
-    process = subprocess.Popen(
-        ["mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wait_for_port(port)
-    yield port
-    process.kill()
-    process.wait()
+def broker(private_mosquitto) -> int:
+    """The port of a Mosquitto of this test alone."""
+    return private_mosquitto.port
 
 
 class Replica:

@@ -20,13 +20,14 @@ from conftest import (
     MASTER_SECRET,
     MQTT_SECRET,
     GunicornServer,
+    RedisServer,
     new_uuid,
     server_env,
 )
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask_jwt_extended import create_access_token
-from reliability_kit import RedisServer, figure, seed_fleet
+from reliability_kit import figure, seed_fleet
 from reliability_kit import snapshot as database_snapshot
 
 from iot_server import devices as devices_service
