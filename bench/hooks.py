@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import random
@@ -63,8 +64,8 @@ def bench_env(database_url: str, port: int, workers: int | None) -> dict[str, st
     return env
 
 
-def reset_database(database_url: str) -> None:
-    """Create the bench database, or drop its tables when it exists."""
+def reset_database(database_url: str, env: dict[str, str]) -> None:
+    """Create the bench database, or drop its tables when it exists; then migrate it."""
     from sqlalchemy import create_engine, text
 
     from iot_server.config import database_url as normalise
@@ -83,6 +84,13 @@ def reset_database(database_url: str) -> None:
     with engine.connect() as connection:
         connection.execute(text("DROP TABLE IF EXISTS devices, owners, alembic_version CASCADE"))
     engine.dispose()
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
 
 def seed(env: dict[str, str], masters: int, agents_per_master: int) -> list[dict]:
@@ -277,6 +285,32 @@ def wait_ready(base: str, process: subprocess.Popen, timeout: float = 30) -> Non
     sys.exit("gunicorn did not become ready")
 
 
+@contextlib.contextmanager
+def running_gunicorn(env: dict[str, str], cpus: str | None = None):
+    """`gunicorn -c gunicorn.conf.py wsgi:app` (pinned to `cpus` with taskset), ready on
+    `PORT`; yields its base URL and process, and stops its whole process group after."""
+    pin = ["taskset", "-c", cpus] if cpus else []
+    gunicorn = subprocess.Popen(
+        [*pin, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{env['PORT']}"
+        wait_ready(base, gunicorn)
+        yield base, gunicorn
+    finally:
+        os.killpg(gunicorn.pid, signal.SIGTERM)
+        try:
+            gunicorn.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(gunicorn.pid, signal.SIGKILL)
+            gunicorn.wait()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Set up, run every endpoint, print the table, tear down."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -315,28 +349,10 @@ def main(argv: list[str] | None = None) -> None:
     database_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE)
     port = free_port()
     env = bench_env(database_url, port, args.workers)
-    reset_database(database_url)
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    reset_database(database_url, env)
     devices = seed(env, args.masters, args.agents)
-    base = f"http://127.0.0.1:{port}"
-    pin = ["taskset", "-c", args.cpus] if args.cpus else []
-    gunicorn = subprocess.Popen(
-        [*pin, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     rows = []
-    try:
-        wait_ready(base, gunicorn)
+    with running_gunicorn(env, args.cpus) as (base, gunicorn):
         workers = env.get("WEB_CONCURRENCY") or str(2 * (os.cpu_count() or 1) + 1)
         print(
             f"gunicorn: {workers} workers × {env.get('GUNICORN_THREADS', '4')} threads (gthread), "
@@ -361,13 +377,6 @@ def main(argv: list[str] | None = None) -> None:
                 used = cpu_seconds(gunicorn.pid)
                 rows.append(measure(*load, args.duration))
                 rows[-1]["api_cpu_s"] = cpu_seconds(gunicorn.pid) - used
-    finally:
-        os.killpg(gunicorn.pid, signal.SIGTERM)
-        try:
-            gunicorn.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(gunicorn.pid, signal.SIGKILL)
-            gunicorn.wait()
 
     ceilings = [row for row in rows if row["endpoint"] == "healthz"]
     ceiling = statistics.mean(row["rps"] for row in ceilings)

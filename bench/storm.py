@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.hooks import bench_env, free_port, reset_database, seed, wait_ready  # noqa: E402
+from bench.hooks import bench_env, free_port, reset_database, running_gunicorn, seed  # noqa: E402
 
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/iot_storm"
 HOOK_SECRET = "bench-mqtt-secret"  # bench.hooks.SECRETS["MQTT_SECRET_KEY"]
@@ -142,30 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     database_url = os.environ.get("STORM_DATABASE_URL", DEFAULT_DATABASE)
     port = free_port()
     env = bench_env(database_url, port, args.workers)
-    reset_database(database_url)
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    reset_database(database_url, env)
     # Masters with one agent each, cut into one disjoint fleet per size.
     seeded = seed(env, sum(size // 2 for size in sizes), 1)
     bounds = [sum(sizes[:i]) // 2 * 2 for i in range(len(sizes) + 1)]
     fleets = [seeded[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
-    base = f"http://127.0.0.1:{port}"
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     rows = []
-    try:
-        wait_ready(base, gunicorn)
+    with running_gunicorn(env) as (base, _):
         time.sleep(2)  # every worker booted, not just the first to answer
         workers = env.get("WEB_CONCURRENCY") or str(2 * (os.cpu_count() or 1) + 1)
         print(
@@ -178,13 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         for fleet in fleets:
             rows += run_size(base, fleet, args)
-    finally:
-        os.killpg(gunicorn.pid, signal.SIGTERM)
-        try:
-            gunicorn.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(gunicorn.pid, signal.SIGKILL)
-            gunicorn.wait()
 
     print(
         "\n| burst | requests/s | seconds | p50 ms | p99 ms | max ms | ratio to /healthz "
