@@ -69,7 +69,8 @@ def configure_derived(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     """The whole URL map in one place (each blueprint declares its own rate limit)."""
-    from . import auth, emqx_hooks, health, mosquitto_hooks, mqtt, openapi, owner_devices
+    from .api import auth, health, mqtt, openapi, owner_devices
+    from .broker import emqx_hooks, mosquitto_hooks
 
     app.register_blueprint(auth.bp, url_prefix="/auth")
     app.register_blueprint(mqtt.bp, url_prefix="/mqtt")

@@ -129,7 +129,7 @@ def enable_device(uuid: str) -> None:
 @with_appcontext
 def pinger_command(stats_interval: float) -> None:
     """Run the MQTT pinger: answer PINGs, re-PING quiet devices, record last_seen_at."""
-    from . import pinger
+    from .pinger import client as pinger
 
     status = pinger.run_from_app(current_app._get_current_object(), stats_interval=stats_interval)
     sys.exit(status)
@@ -141,7 +141,7 @@ def pinger_command(stats_interval: float) -> None:
 @click.option("--mqtt-port", default=1883, show_default=True, help="The embedded broker's port.")
 def dev_command(host: str, port: int, mqtt_port: int) -> None:
     """Run the API, the embedded amqtt broker and the pinger together (development)."""
-    from . import devstack
+    from .dev import stack as devstack
 
     try:
         status = devstack.run(host, port, mqtt_port, echo=click.echo)

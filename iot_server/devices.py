@@ -12,7 +12,7 @@ import logging
 from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
-from . import emqx_api
+from .broker import emqx_api
 from .errors import ApiError
 from .extensions import db
 from .models import AGENT, MASTER, Device, Owner
@@ -166,7 +166,7 @@ def _revoke(device: Device) -> str | None:
     """Bump the token version and forget the session; returns its client id to cut.
 
     The caller commits. With the client id cleared, go-auth ACL checks of the old session
-    fail (see `broker_auth`), and the EMQX API is asked to disconnect it.
+    fail (see `broker.decisions`), and the EMQX API is asked to disconnect it.
     """
     device.token_version += 1
     client_id, device.mqtt_client_id = device.mqtt_client_id, None

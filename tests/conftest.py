@@ -250,7 +250,7 @@ class BrokerProcess:
             [
                 sys.executable,
                 "-m",
-                "iot_server.dev_broker",
+                "iot_server.dev.broker",
                 "--port",
                 str(self.port),
                 "--api-port",

@@ -4,7 +4,7 @@ The Dockerfiles, Procfile, railway.json, app.json and docker-compose.yml are onl
 the platforms, so these tests keep them honest here: every command they name is run in
 check mode (`gunicorn --check-config`, `flask ... --help`), the EMQX configuration is
 rendered by its real entrypoint and parsed with pyhocon, and the hook URLs and request
-bodies in it are compared with what the app serves (`iot_server.emqx_hooks`).
+bodies in it are compared with what the app serves (`iot_server.broker.emqx_hooks`).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def rendered(tmp_path):
 @pytest.fixture(scope="module")
 def hooks():
     """The hook module: the one source of truth for paths and body fields."""
-    from iot_server import emqx_hooks
+    from iot_server.broker import emqx_hooks
 
     return emqx_hooks
 

@@ -43,10 +43,11 @@ from conftest import (
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import create_engine, select, update
 
-from iot_server import broker_auth, create_app, tokens
+from iot_server import create_app, tokens
+from iot_server.broker import decisions as broker_auth
 from iot_server.extensions import db
 from iot_server.models import Device, Owner
-from iot_server.pinger import Pinger, read_last_seen, write_last_seen
+from iot_server.pinger.client import Pinger, read_last_seen, write_last_seen
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from test_policy import DENY_ALL, check_emqx_rule
 
-from iot_server import emqx_hooks, metrics
+from iot_server import metrics
+from iot_server.broker import emqx_hooks
 
 SECRET = "test-mqtt-secret"
 UNTRUSTED = {"REMOTE_ADDR": "203.0.113.50"}

@@ -1,4 +1,4 @@
-"""The hook decisions (iot_server.broker_auth): callers, logins, topic checks and caches."""
+"""The hook decisions (iot_server.broker.decisions): callers, logins, topic checks and caches."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from iot_server import broker_auth, policy, tokens
 from iot_server import devices as device_service
-from iot_server.broker_auth import ALLOW, DENY, IGNORE, DenialLog, TtlCache
+from iot_server import policy, tokens
+from iot_server.broker import decisions as broker_auth
+from iot_server.broker.decisions import ALLOW, DENY, IGNORE, DenialLog, TtlCache
 from iot_server.extensions import db
 from iot_server.models import AGENT, MASTER, Device, Owner
 

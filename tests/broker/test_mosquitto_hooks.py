@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from iot_server import broker_auth
+from iot_server.broker import decisions as broker_auth
 
 GRANT = {"ok": True, "error": ""}
 SECRET = "test-mqtt-secret"

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from flask import request
 
-from .errors import ApiError
-from .identifiers import parse_uuid
+from ..errors import ApiError
+from ..identifiers import parse_uuid
 
 
 @dataclass(frozen=True)

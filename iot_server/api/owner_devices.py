@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 from flask import Blueprint, jsonify, request
 from sqlalchemy import or_, select
 
-from . import devices, tokens, validation
-from .errors import ApiError
-from .extensions import db
-from .models import MASTER, Device, Owner
+from .. import devices, tokens
+from ..errors import ApiError
+from ..extensions import db
+from ..models import MASTER, Device, Owner
+from . import validation
 from .validation import Text
 
 bp = Blueprint("owner_devices", __name__)

@@ -1,7 +1,7 @@
 """`flask --app wsgi dev`: the whole system on one machine, for development.
 
 Three child processes: the API (`flask run`), the embedded amqtt broker wired to the API's
-go-auth hooks (`iot_server.dev_broker`) and the pinger (`iot_server.pinger`). The database
+go-auth hooks (`iot_server.dev.broker`) and the pinger (`iot_server.pinger`). The database
 (`DATABASE_URL`, else the SQLite file of the instance folder) is migrated first; secrets come
 from the environment, and any that is unset is generated and printed. Each child runs in its
 own process group, so Ctrl-C reaches only this supervisor, which stops the three in order
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import click
 
-from .config import REQUIRED_SECRETS, DevelopmentConfig, database_url
+from ..config import REQUIRED_SECRETS, DevelopmentConfig, database_url
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = ROOT / "migrations"
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 STOP_TIMEOUT = 10.0
@@ -92,8 +92,8 @@ def migrate(url: str | None) -> str:
     """Bring the database to the latest migration; returns the URL actually used."""
     from flask_migrate import upgrade
 
-    from . import create_app
-    from .extensions import db
+    from .. import create_app
+    from ..extensions import db
 
     config = DevelopmentConfig()
     config.SQLALCHEMY_DATABASE_URI = database_url(url)
@@ -159,7 +159,7 @@ class DevStack:
         wait_for_port(self.host, self.port, api, "API")
         broker = self.spawn(
             "broker",
-            ["-m", "iot_server.dev_broker", "--host", self.host, "--port", str(self.mqtt_port),
+            ["-m", "iot_server.dev.broker", "--host", self.host, "--port", str(self.mqtt_port),
              "--api-host", address, "--api-port", str(self.port)],
         )  # fmt: skip
         wait_for_port(self.host, self.mqtt_port, broker, "broker")

@@ -12,9 +12,10 @@ import logging
 
 from flask import Blueprint, jsonify, request
 
-from . import broker_auth, policy
-from .broker_auth import ALLOW, DENY, Decision
-from .extensions import limiter
+from .. import policy
+from ..extensions import limiter
+from . import decisions
+from .decisions import ALLOW, DENY, Decision
 
 #: go-auth / amqtt `acc` → the policy actions that must all be allowed. go-auth never sends
 #: 3, but mosquitto's own ACL model defines it as read and write.
@@ -27,15 +28,15 @@ ACC_ACTIONS = {
 
 bp = Blueprint("mosquitto_hooks", __name__)
 limiter.exempt(bp)
-bp.record_once(lambda setup: broker_auth.init_app(setup.app))
+bp.record_once(lambda setup: decisions.init_app(setup.app))
 log = logging.getLogger("iot_server.hooks.mosquitto")
 
 
 @bp.before_request
 def check_caller():
     """Refuse (403, no decision) a caller without the secret from an untrusted address."""
-    if not broker_auth.caller_allowed(request.headers.get("Authorization"), request.remote_addr):
-        broker_auth.record("mosquitto", "forbidden")
+    if not decisions.caller_allowed(request.headers.get("Authorization"), request.remote_addr):
+        decisions.record("mosquitto", "forbidden")
         log.warning("caller refused (no valid secret, untrusted address)")
         return answer("mosquitto", Decision(DENY, "hook caller not trusted"))
     return None
@@ -44,14 +45,14 @@ def check_caller():
 @bp.post("/user")
 def user():
     """Decide a CONNECT: a device with its current token, or the service account."""
-    body = broker_auth.read_body(request)
+    body = decisions.read_body(request)
     if body is None:
         return malformed("mosquitto_user")
     username, password = body.get("username"), body.get("password")
     clientid = client_id(body)
     if not all(isinstance(value, str) for value in (username, password, clientid)):
         return answer("mosquitto_user", Decision(DENY, "malformed body"))
-    return answer("mosquitto_user", broker_auth.authenticate(username, password, clientid))
+    return answer("mosquitto_user", decisions.authenticate(username, password, clientid))
 
 
 @bp.post("/superuser")
@@ -63,7 +64,7 @@ def superuser():
 @bp.post("/acl")
 def acl():
     """Decide a subscribe (4), publish (2) or delivery (1) on a topic."""
-    body = broker_auth.read_body(request)
+    body = decisions.read_body(request)
     if body is None:
         return malformed("mosquitto_acl")
     username, topic, clientid = body.get("username"), body.get("topic"), client_id(body)
@@ -72,7 +73,7 @@ def acl():
         return answer("mosquitto_acl", Decision(DENY, "unknown acc"))
     if not all(isinstance(value, str) for value in (username, topic, clientid)):
         return answer("mosquitto_acl", Decision(DENY, "malformed body"))
-    return answer("mosquitto_acl", broker_auth.authorize(username, clientid, actions, topic))
+    return answer("mosquitto_acl", decisions.authorize(username, clientid, actions, topic))
 
 
 def client_id(body: dict) -> object:
@@ -95,7 +96,7 @@ def parse_acc(value: object) -> int | None:
 def answer(hook: str, decision: Decision):
     """Grant 200 `{"ok":true}`, anything else 403 `{"ok":false,"error":…}`."""
     if hook != "mosquitto":
-        broker_auth.record(hook, ALLOW if decision.allowed else DENY)
+        decisions.record(hook, ALLOW if decision.allowed else DENY)
     if decision.allowed:
         return jsonify(ok=True, error="")
     log.debug("%s: deny (%s)", hook, decision.reason)
@@ -104,5 +105,5 @@ def answer(hook: str, decision: Decision):
 
 def malformed(hook: str):
     """A body that is neither JSON nor a form."""
-    broker_auth.record(hook, "malformed")
+    decisions.record(hook, "malformed")
     return jsonify(ok=False, error="malformed body"), 400

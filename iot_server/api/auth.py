@@ -10,11 +10,12 @@ import re
 
 from flask import Blueprint, current_app, jsonify, request
 
-from . import devices, owners, tokens, validation
-from .errors import ApiError
-from .extensions import limiter
-from .identifiers import parse_uuid
-from .metrics import REGISTRATIONS
+from .. import devices, owners, tokens
+from ..errors import ApiError
+from ..extensions import limiter
+from ..identifiers import parse_uuid
+from ..metrics import REGISTRATIONS
+from . import validation
 from .validation import Text
 
 bp = Blueprint("auth", __name__)

@@ -29,7 +29,7 @@ from sqlalchemy import create_engine
 
 from iot_server.extensions import db
 from iot_server.models import Device
-from iot_server.pinger import Pinger
+from iot_server.pinger.client import Pinger
 
 pytestmark = pytest.mark.slow
 

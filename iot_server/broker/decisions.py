@@ -28,10 +28,10 @@ from flask import Flask, Request, current_app
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import metrics, policy, tokens
-from .extensions import db
-from .identifiers import uuid_from_username
-from .models import MASTER, Device
+from .. import metrics, policy, tokens
+from ..extensions import db
+from ..identifiers import uuid_from_username
+from ..models import MASTER, Device
 
 log = logging.getLogger("iot_server.hooks")
 

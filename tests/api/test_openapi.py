@@ -11,9 +11,9 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from iot_server import tokens
+from iot_server.api.openapi import DOCUMENT, METHODS
 from iot_server.extensions import db
 from iot_server.models import Owner
-from iot_server.openapi import DOCUMENT, METHODS
 
 #: The routes SPEC.md names, so the document fails this test if it drifts from the contract
 #: even while a blueprint is missing from the app.

@@ -9,13 +9,13 @@ from sqlalchemy import event
 
 from iot_server.extensions import db
 from iot_server.models import Device
-from iot_server.pinger import (
+from iot_server.pinger.client import (
     parse_broker_url,
     parse_device_message,
     ping_subscription,
     write_last_seen,
 )
-from iot_server.presence import PendingSeen, Presence, key_uuid, uuid_key
+from iot_server.pinger.presence import PendingSeen, Presence, key_uuid, uuid_key
 
 UUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import pytest
 from conftest import free_port
 
-from iot_server import emqx_api
+from iot_server.broker import emqx_api
 from iot_server.extensions import db
 from iot_server.models import Device, Owner
 

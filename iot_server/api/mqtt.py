@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from . import devices, tokens
-from .errors import ApiError
+from .. import devices, tokens
+from ..errors import ApiError
 
 bp = Blueprint("mqtt", __name__)
 

@@ -7,9 +7,9 @@ import logging
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
-from . import metrics
-from .errors import error_response
-from .extensions import db, limiter
+from .. import metrics
+from ..errors import error_response
+from ..extensions import db, limiter
 
 bp = Blueprint("health", __name__)
 limiter.exempt(bp)

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi import checks as openapi_checks
 
 from iot_server import tokens
+from iot_server.api.openapi import EXAMPLE_AGENT, EXAMPLE_MASTER
 from iot_server.extensions import db
 from iot_server.models import AGENT, MASTER, Device, Owner
-from iot_server.openapi import EXAMPLE_AGENT, EXAMPLE_MASTER
 
 pytestmark = pytest.mark.slow
 

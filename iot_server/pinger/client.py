@@ -36,8 +36,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import DateTime, event, select, text
 from sqlalchemy.engine import Engine
 
-from .identifiers import parse_uuid
-from .models import Device
+from ..identifiers import parse_uuid
+from ..models import Device
 from .presence import PendingSeen, Presence
 
 log = logging.getLogger("iot_server.pinger")
@@ -230,7 +230,7 @@ class Pinger:
     @classmethod
     def from_app(cls, app: Flask, **options) -> Pinger:
         """A pinger configured from the app: broker, service account, database engine."""
-        from .extensions import db
+        from ..extensions import db
 
         config = app.config
         with app.app_context():
@@ -520,10 +520,6 @@ def main(argv: list[str] | None = None) -> int:
         "--stats-interval", type=float, default=60.0, help="seconds between stats log lines"
     )
     args = parser.parse_args(argv)
-    from . import create_app
+    from .. import create_app
 
     return run_from_app(create_app(), stats_interval=args.stats_interval)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

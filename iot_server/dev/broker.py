@@ -5,7 +5,7 @@ checked at `/mosquitto/user` and every subscribe, publish and delivery at `/mosq
 They cannot send headers, so the API must trust the broker's address
 (`HOOK_TRUSTED_NETWORKS`, loopback by default).
 
-Run it alone with `python -m iot_server.dev_broker --port 1884 --api-port 5000`.
+Run it alone with `python -m iot_server.dev.broker --port 1884 --api-port 5000`.
 """
 
 from __future__ import annotations

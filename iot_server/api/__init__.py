@@ -1,0 +1,1 @@
+"""The HTTP API: device registration, broker address, owner accounts and devices, health."""

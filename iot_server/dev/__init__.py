@@ -1,0 +1,1 @@
+"""`flask dev`: the development stack and its embedded broker."""
