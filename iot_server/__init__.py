@@ -25,7 +25,7 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
         app.config.from_object(config)
     configure_derived(app)
 
-    from . import cli, errors, extensions, logs, metrics
+    from . import broker, cli, errors, extensions, logs, metrics
 
     logs.init_app(app)
     extensions.db.init_app(app)
@@ -33,6 +33,7 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     extensions.jwt.init_app(app)
     extensions.limiter.init_app(app)
     metrics.init_app(app)
+    broker.init_app(app)
     errors.init_app(app)
     cli.init_app(app)
     register_blueprints(app)

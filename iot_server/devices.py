@@ -1,23 +1,67 @@
 """The devices service: registration, claim, link, revoke. No HTTP in here.
 
-The auth blueprint, the owner API and the admin CLI all call these functions, so each
-rule lives in one place. Failures raise `ApiError` with the SPEC's result code.
+The auth blueprint, the owner API, the broker hooks and the admin CLI all call these
+functions, so each rule lives in one place. Failures raise `ApiError` with the SPEC's
+result code.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+from datetime import UTC, datetime, timedelta
 
+from blinker import Namespace
 from flask import current_app
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
-from .broker import emqx_api
 from .errors import ApiError
 from .extensions import db
 from .models import AGENT, MASTER, Device, Owner
 
 log = logging.getLogger("iot_server.devices")
+
+#: Sent with `client_ids` after a commit that ended those MQTT sessions (revoke, release,
+#: unlink, disable) or changed what they may use (link): the broker package connects the
+#: EMQX API client to it, so this service does not depend on any broker.
+sessions_cut = Namespace().signal("sessions-cut")
+
+#: A device seen within this window is online (SPEC.md, "MQTT behaviour").
+ONLINE_WINDOW = timedelta(seconds=60)
+
+#: Why a device may not use a token: `token_refusal()`'s answers, also written in logs.
+UNKNOWN = "unknown device"
+REVOKED = "token revoked"
+OTHER_KIND = "token of another kind"
+DISABLED = "device disabled"
+NOT_REGISTERED = "device not registered"
+
+
+def token_refusal(device, claims: dict | None = None) -> str | None:
+    """Why `device` may not use a device token (with `claims`, that token), or None.
+
+    The one rule behind registration, `/mqtt`, broker logins and topic checks. `device` is
+    a `Device` row or anything with its fields (the hooks' cached state), or None.
+    """
+    if device is None:
+        return UNKNOWN
+    if claims is not None:
+        if device.token_version != claims["ver"]:
+            return REVOKED
+        if claims.get("kind") not in (None, device.kind):
+            return OTHER_KIND
+    if not device.enabled:
+        return DISABLED
+    if not device.is_registered:
+        return NOT_REGISTERED
+    return None
+
+
+def token_holder(claims: dict) -> Device | None:
+    """The device a verified device token stands for, while the token may be used."""
+    device = get(claims["sub"])
+    return device if token_refusal(device, claims) is None else None
 
 
 def kind_for_secret(secret: str | None) -> str | None:
@@ -64,11 +108,12 @@ def check_can_have_token(device: Device, kind: str) -> None:
     """Raise the SPEC's answer when `device` may not get a token with a `kind` secret."""
     if device.kind != kind:
         raise ApiError(403, "secret does not match the device kind")
-    if not device.enabled:
-        raise ApiError(403, "device disabled")
-    if not device.is_registered:
+    refusal = token_refusal(device)
+    if refusal == NOT_REGISTERED:
         what = "claimed by an owner" if device.kind == MASTER else "linked to a master"
         raise ApiError(401, f"device not yet {what}")
+    if refusal is not None:
+        raise ApiError(403, refusal)
 
 
 def owned_device(uuid: str, owner: Owner) -> Device:
@@ -77,6 +122,32 @@ def owned_device(uuid: str, owner: Owner) -> Device:
     if device is None or owner_of(device) != owner.id:
         raise ApiError(404, "no such device")
     return device
+
+
+def owned_master(uuid: str, owner: Owner) -> Device:
+    """The owner's master at `uuid`; 404 when not theirs, 400 when it is their agent."""
+    device = owned_device(uuid, owner)
+    if device.kind != MASTER:
+        raise ApiError(400, "the first device is not a master")
+    return device
+
+
+def owned_devices(owner: Owner) -> list[Device]:
+    """The owner's masters and their agents, oldest first, in one query."""
+    masters = select(Device.uuid).where(Device.owner_id == owner.id, Device.kind == MASTER)
+    query = (
+        select(Device)
+        .where(or_(Device.uuid.in_(masters), Device.master_uuid.in_(masters)))
+        .order_by(Device.created_at, Device.uuid)
+    )
+    return list(db.session.execute(query).scalars())
+
+
+def is_online(device: Device, now: datetime | None = None) -> bool:
+    """Heard (a PING or a PONG) within the last minute."""
+    if device.last_seen_at is None:
+        return False
+    return (now or datetime.now(UTC)) - device.last_seen_at <= ONLINE_WINDOW
 
 
 def owner_of(device: Device) -> int | None:
@@ -134,9 +205,13 @@ def link(master_uuid: str, agent_uuid: str) -> tuple[Device, bool]:
     return agent, created
 
 
-def unlink(master: Device, agent: Device) -> None:
-    """Unlink an agent from its master and revoke it."""
-    if agent.master_uuid != master.uuid:
+def unlink(master: Device, agent_uuid: str) -> None:
+    """Unlink an agent from its master and revoke it; 404 unless it is linked there, 400
+    when the uuid is one of the same owner's masters."""
+    agent = get(agent_uuid)
+    if agent is not None and agent.kind == MASTER and owner_of(agent) == master.owner_id:
+        raise ApiError(400, "the second device is not an agent")
+    if agent is None or agent.master_uuid != master.uuid:
         raise ApiError(404, "agent not linked to this master")
     agent.master_uuid = None
     sessions = [_revoke(agent), master.mqtt_client_id]
@@ -166,7 +241,7 @@ def _revoke(device: Device) -> str | None:
     """Bump the token version and forget the session; returns its client id to cut.
 
     The caller commits. With the client id cleared, go-auth ACL checks of the old session
-    fail (see `broker.decisions`), and the EMQX API is asked to disconnect it.
+    fail (see `broker.decisions`), and `sessions_cut` asks EMQX to disconnect it.
     """
     device.token_version += 1
     client_id, device.mqtt_client_id = device.mqtt_client_id, None
@@ -174,7 +249,7 @@ def _revoke(device: Device) -> str | None:
 
 
 def _disconnect(client_ids: list[str | None]) -> None:
-    """Cut live sessions on EMQX (when its API is configured), after the commit."""
-    for client_id in client_ids:
-        if client_id:
-            emqx_api.disconnect(client_id)
+    """Announce the sessions to cut (EMQX, when its API is configured), after the commit."""
+    live = [client_id for client_id in client_ids if client_id]
+    if live:
+        sessions_cut.send(current_app._get_current_object(), client_ids=live)

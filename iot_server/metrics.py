@@ -39,6 +39,11 @@ REGISTRATIONS = Counter(
 )
 
 
+def count_hook_decision(hook: str, result: str) -> None:
+    """Count one broker hook decision (allow, deny, ignore, malformed, forbidden)."""
+    HOOK_DECISIONS.labels(hook, result).inc()
+
+
 def registry() -> CollectorRegistry:
     """The registry to expose: a multiprocess aggregate under gunicorn, else the default."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -13,17 +13,43 @@ from sqlalchemy import (
     String,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 from .extensions import db
 
 MASTER = "master"
 AGENT = "agent"
-DEVICE_KINDS = (MASTER, AGENT)
 
 
 def utcnow() -> datetime:
     """Timezone-aware now, the one clock of the models."""
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp that is always timezone-aware UTC in Python, on every database.
+
+    PostgreSQL keeps the zone (`timestamptz`); SQLite stores naive text, so values are
+    converted to UTC on the way in and marked UTC on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+def is_registered(kind: str, owner_id: int | None, master_uuid: str | None) -> bool:
+    """A master is registered once claimed; an agent once linked to a master."""
+    return owner_id is not None if kind == MASTER else master_uuid is not None
 
 
 class Owner(db.Model):
@@ -35,7 +61,7 @@ class Owner(db.Model):
     # Stored lowercase: usernames are case-insensitive (SPEC.md, "Owner API").
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     devices: Mapped[list[Device]] = relationship(back_populates="owner")
 
@@ -68,11 +94,9 @@ class Device(db.Model):
     # The MQTT client id the broker hooks last authenticated for this device:
     # the EMQX API kicks it on revoke, and ACL checks of other client ids fail.
     mqtt_client_id: Mapped[str | None] = mapped_column(String(256))
-    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     owner: Mapped[Owner | None] = relationship(back_populates="devices")
     master: Mapped[Device | None] = relationship(remote_side=[uuid], back_populates="agents")
@@ -83,9 +107,7 @@ class Device(db.Model):
     @property
     def is_registered(self) -> bool:
         """A master is registered once claimed; an agent once linked to a master."""
-        if self.kind == MASTER:
-            return self.owner_id is not None
-        return self.master_uuid is not None
+        return is_registered(self.kind, self.owner_id, self.master_uuid)
 
     def __repr__(self) -> str:
         return f"<Device {self.kind} {self.uuid}>"

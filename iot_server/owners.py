@@ -40,6 +40,15 @@ def validate_password(value: object) -> str:
     return value
 
 
+def token_holder(claims: dict) -> Owner | None:
+    """The owner a verified owner token stands for, if the account still exists."""
+    try:
+        owner_id = int(claims["sub"])
+    except ValueError:
+        return None
+    return db.session.get(Owner, owner_id)
+
+
 def by_username(username: str) -> Owner | None:
     """The owner with this (normalised) username, if any."""
     return db.session.execute(select(Owner).filter_by(username=username)).scalar_one_or_none()

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from flask import current_app
+from flask import Flask, current_app
 
 log = logging.getLogger("iot_server.emqx_api")
 TIMEOUT_SECONDS = 3
@@ -49,3 +49,9 @@ def disconnect(client_id: str) -> bool:
     except (urllib.error.URLError, OSError) as exc:
         log.warning("EMQX API unreachable: %s", exc)
     return False
+
+
+def disconnect_all(app: Flask, client_ids: list[str]) -> None:
+    """`devices.sessions_cut` receiver: disconnect each session on EMQX."""
+    for client_id in client_ids:
+        disconnect(client_id)

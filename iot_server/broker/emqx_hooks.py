@@ -12,10 +12,11 @@ import logging
 
 from flask import Blueprint, jsonify, request
 
-from .. import policy
+from .. import metrics, policy
 from ..errors import error_response
 from ..extensions import limiter
-from . import decisions
+from . import callers, decisions
+from .bodies import read_body
 from .decisions import ALLOW, DENY, IGNORE, Decision
 
 AUTHN_PATH = "/emqx/authn"
@@ -30,7 +31,6 @@ EMQX_ACTIONS = {"publish": (policy.PUBLISH,), "subscribe": (policy.SUBSCRIBE,)}
 
 bp = Blueprint("emqx_hooks", __name__)
 limiter.exempt(bp)
-bp.record_once(lambda setup: decisions.init_app(setup.app))
 log = logging.getLogger("iot_server.hooks.emqx")
 
 
@@ -39,16 +39,16 @@ def authn():
     """Decide a CONNECT: allow (with client_attrs, expire_at, acl), deny or ignore."""
     if not caller_allowed():
         return forbidden("emqx_authn")
-    return authn_answer("emqx_authn", decisions.read_body(request))
+    return authn_answer("emqx_authn", read_body(request))
 
 
 @bp.post(SEED_AUTHN_PATH)
 def seed_authn():
     """The seed's authn URL: the secret comes in the body's `token` instead of a header."""
-    body = decisions.read_body(request)
+    body = read_body(request)
     token = body.get("token") if body else None
     if token is not None:
-        if not decisions.secret_matches(token):
+        if not callers.secret_matches(token):
             return forbidden("mqtt_auth")
     elif not caller_allowed():
         return forbidden("mqtt_auth")
@@ -60,7 +60,7 @@ def authz():
     """Decide a publish or subscribe: allow, deny, or ignore for usernames not ours."""
     if not caller_allowed():
         return forbidden("emqx_authz")
-    body = decisions.read_body(request)
+    body = read_body(request)
     if body is None:
         return malformed("emqx_authz")
     fields = [body.get(name) for name in ("username", "clientid", "topic", "action")]
@@ -75,7 +75,7 @@ def authz():
 
 def caller_allowed() -> bool:
     """The request carries the secret header, or comes header-less from a trusted network."""
-    return decisions.caller_allowed(request.headers.get("Authorization"), request.remote_addr)
+    return callers.caller_allowed(request.headers.get("Authorization"), request.remote_addr)
 
 
 def authn_answer(hook: str, body: dict | None):
@@ -98,14 +98,14 @@ def authn_answer(hook: str, body: dict | None):
         # Integer seconds: milliseconds or a past value would reject the connection.
         result["expire_at"] = decision.expire_at
     result["acl"] = policy.emqx_acl(identity)
-    decisions.record(hook, ALLOW)
+    metrics.count_hook_decision(hook, ALLOW)
     return jsonify(result)
 
 
 def answer(hook: str, decision: Decision):
     """`{"result": allow|deny|ignore}` with 200, the only status EMQX reads a result from."""
     result = decision.result if decision.result in (ALLOW, DENY, IGNORE) else DENY
-    decisions.record(hook, result)
+    metrics.count_hook_decision(hook, result)
     if result != ALLOW:
         log.debug("%s: %s (%s)", hook, result, decision.reason)
     return jsonify(result=result)
@@ -113,12 +113,12 @@ def answer(hook: str, decision: Decision):
 
 def malformed(hook: str):
     """A body that is neither JSON nor a form: 400, which EMQX also treats as no allow."""
-    decisions.record(hook, "malformed")
+    metrics.count_hook_decision(hook, "malformed")
     return jsonify(result=DENY, error="malformed body"), 400
 
 
 def forbidden(hook: str):
     """No decision for a caller without the secret (EMQX then asks no one else)."""
-    decisions.record(hook, "forbidden")
+    metrics.count_hook_decision(hook, "forbidden")
     log.warning("%s: caller refused (no valid secret, untrusted address)", hook)
     return error_response(403, "hook caller not trusted")

@@ -12,9 +12,10 @@ import logging
 
 from flask import Blueprint, jsonify, request
 
-from .. import policy
+from .. import metrics, policy
 from ..extensions import limiter
-from . import decisions
+from . import callers, decisions
+from .bodies import read_body
 from .decisions import ALLOW, DENY, Decision
 
 #: go-auth / amqtt `acc` → the policy actions that must all be allowed. go-auth never sends
@@ -28,15 +29,14 @@ ACC_ACTIONS = {
 
 bp = Blueprint("mosquitto_hooks", __name__)
 limiter.exempt(bp)
-bp.record_once(lambda setup: decisions.init_app(setup.app))
 log = logging.getLogger("iot_server.hooks.mosquitto")
 
 
 @bp.before_request
 def check_caller():
     """Refuse (403, no decision) a caller without the secret from an untrusted address."""
-    if not decisions.caller_allowed(request.headers.get("Authorization"), request.remote_addr):
-        decisions.record("mosquitto", "forbidden")
+    if not callers.caller_allowed(request.headers.get("Authorization"), request.remote_addr):
+        metrics.count_hook_decision("mosquitto", "forbidden")
         log.warning("caller refused (no valid secret, untrusted address)")
         return answer("mosquitto", Decision(DENY, "hook caller not trusted"))
     return None
@@ -45,7 +45,7 @@ def check_caller():
 @bp.post("/user")
 def user():
     """Decide a CONNECT: a device with its current token, or the service account."""
-    body = decisions.read_body(request)
+    body = read_body(request)
     if body is None:
         return malformed("mosquitto_user")
     username, password = body.get("username"), body.get("password")
@@ -64,7 +64,7 @@ def superuser():
 @bp.post("/acl")
 def acl():
     """Decide a subscribe (4), publish (2) or delivery (1) on a topic."""
-    body = decisions.read_body(request)
+    body = read_body(request)
     if body is None:
         return malformed("mosquitto_acl")
     username, topic, clientid = body.get("username"), body.get("topic"), client_id(body)
@@ -96,7 +96,7 @@ def parse_acc(value: object) -> int | None:
 def answer(hook: str, decision: Decision):
     """Grant 200 `{"ok":true}`, anything else 403 `{"ok":false,"error":…}`."""
     if hook != "mosquitto":
-        decisions.record(hook, ALLOW if decision.allowed else DENY)
+        metrics.count_hook_decision(hook, ALLOW if decision.allowed else DENY)
     if decision.allowed:
         return jsonify(ok=True, error="")
     log.debug("%s: deny (%s)", hook, decision.reason)
@@ -105,5 +105,5 @@ def answer(hook: str, decision: Decision):
 
 def malformed(hook: str):
     """A body that is neither JSON nor a form."""
-    decisions.record(hook, "malformed")
+    metrics.count_hook_decision(hook, "malformed")
     return jsonify(ok=False, error="malformed body"), 400

@@ -13,8 +13,10 @@ from sqlalchemy.exc import OperationalError
 
 from iot_server import devices as device_service
 from iot_server import policy, tokens
+from iot_server.broker import caches, callers, device_state
 from iot_server.broker import decisions as broker_auth
-from iot_server.broker.decisions import ALLOW, DENY, IGNORE, DenialLog, TtlCache
+from iot_server.broker.caches import DenialLog, TtlCache
+from iot_server.broker.decisions import ALLOW, DENY, IGNORE
 from iot_server.extensions import db
 from iot_server.models import AGENT, MASTER, Device, Owner
 
@@ -39,7 +41,7 @@ class FakeClock:
 def clock(monkeypatch) -> FakeClock:
     """Replace the caches' clock."""
     fake = FakeClock()
-    monkeypatch.setattr(broker_auth, "clock", fake)
+    monkeypatch.setattr(caches, "clock", fake)
     return fake
 
 
@@ -100,25 +102,25 @@ def revoke(uuid: str) -> None:
 )
 def test_caller_allowed(ctx, authorization, remote, allowed):
     """The secret header from anywhere, or no header from a trusted network."""
-    assert broker_auth.caller_allowed(authorization, remote) is allowed
+    assert callers.caller_allowed(authorization, remote) is allowed
 
 
 def test_trusted_networks_come_from_config(ctx):
     """HOOK_TRUSTED_NETWORKS lists networks and single addresses."""
     ctx.config["HOOK_TRUSTED_NETWORKS"] = "10.1.0.0/16, 192.0.2.7"
-    assert broker_auth.caller_allowed(None, "10.1.200.3")
-    assert broker_auth.caller_allowed(None, "192.0.2.7")
-    assert not broker_auth.caller_allowed(None, "192.0.2.8")
-    assert not broker_auth.caller_allowed(None, "127.0.0.1")
+    assert callers.caller_allowed(None, "10.1.200.3")
+    assert callers.caller_allowed(None, "192.0.2.7")
+    assert not callers.caller_allowed(None, "192.0.2.8")
+    assert not callers.caller_allowed(None, "127.0.0.1")
     ctx.config["HOOK_TRUSTED_NETWORKS"] = ""
-    assert not broker_auth.caller_allowed(None, "127.0.0.1")
+    assert not callers.caller_allowed(None, "127.0.0.1")
 
 
 def test_an_unset_secret_matches_nothing(ctx):
     """Without MQTT_SECRET_KEY, no header (not even an empty Bearer) is the secret."""
     ctx.config["MQTT_SECRET_KEY"] = None
-    assert not broker_auth.caller_allowed("Bearer ", "203.0.113.9")
-    assert not broker_auth.secret_matches("")
+    assert not callers.caller_allowed("Bearer ", "203.0.113.9")
+    assert not callers.secret_matches("")
     assert broker_auth.authenticate("iot-server", "", "pinger").result == DENY
 
 
@@ -256,7 +258,7 @@ def test_negative_cache_never_stores_the_password(ctx, devices):
     """Only a digest of the credentials is kept."""
     master = devices.master()
     broker_auth.authenticate(username(master), "secret-looking-password", "c")
-    items = broker_auth.state().negative._items
+    items = caches.hook_caches().negative._items
     assert items
     assert all(b"secret-looking-password" not in key for key in items)
 
@@ -392,7 +394,7 @@ def test_unlinking_reaches_the_master_within_the_cache_ttl(ctx, devices, clock):
     topic = f"device/{agent}/master"
     assert broker_auth.authenticate(username(master), devices.token(master), "m").allowed
     assert broker_auth.authorize(username(master), "m", PING, topic).allowed
-    device_service.unlink(db.session.get(Device, master), db.session.get(Device, agent))
+    device_service.unlink(db.session.get(Device, master), agent)
     clock.advance(ctx.config["HOOK_CACHE_TTL"] + 0.1)
     assert broker_auth.authorize(username(master), "m", PING, topic).result == DENY
     assert broker_auth.authorize(username(master), "m", PING, f"device/{master}/ping").allowed
@@ -415,7 +417,7 @@ def test_a_reconnect_seen_by_another_worker_is_picked_up(ctx, devices, clock):
     agent = devices.agent(devices.master())
     broker_auth.authenticate(username(agent), devices.token(agent), "old")
     assert broker_auth.authorize(username(agent), "old", PING, f"device/{agent}/ping").allowed
-    broker_auth.record_client_id(agent, "new")  # as another worker's login would
+    device_state.record_client_id(agent, "new")  # as another worker's login would
     clock.advance(broker_auth.DENIED_STATE_RECHECK + 0.01)
     assert broker_auth.authorize(username(agent), "new", PING, f"device/{agent}/ping").allowed
 
@@ -470,7 +472,7 @@ def test_real_database_outage_denies_then_recovers(proxied_postgres, caplog):
 
             proxy.cut()
             assert broker_auth.authenticate(username(agent), token, "b").result == DENY
-            broker_auth.state().devices.clear()
+            caches.hook_caches().devices.clear()
             topic = f"device/{agent}/ping"
             assert broker_auth.authorize(username(agent), "a", PING, topic).result == DENY
             assert any("database unavailable" in r.getMessage() for r in caplog.records)

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from iot_server.broker import decisions as broker_auth
+from iot_server.broker import caches
 
 GRANT = {"ok": True, "error": ""}
 SECRET = "test-mqtt-secret"
@@ -158,7 +158,7 @@ def test_revoked_session_is_cut_within_the_cache_bound(client, devices, runner, 
     """After `flask devices revoke`, the live session's publishes and deliveries are
     refused once the device-state cache (HOOK_CACHE_TTL) has expired."""
     now = [5000.0]
-    monkeypatch.setattr(broker_auth, "clock", lambda: now[0])
+    monkeypatch.setattr(caches, "clock", lambda: now[0])
     agent = devices.agent(devices.master())
     token = devices.token(agent)
     assert granted(login(client, f"device_{agent}", token, "a", "amqtt"))

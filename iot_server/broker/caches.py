@@ -1,0 +1,151 @@
+"""The hooks' per-process caches: bounded TTL maps and the summarised denial log.
+
+One `HookCaches` per app and process, created by `broker.init_app()`. Every cache is bounded
+in entries, so a flood of distinct usernames or tokens cannot grow memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+
+from flask import Flask, current_app
+
+log = logging.getLogger("iot_server.hooks")
+
+#: Entries kept by each per-process cache; the oldest go first beyond it.
+CACHE_MAX_ENTRIES = 10_000
+#: Repeated login denials of one username are summarised once per window.
+DENIAL_LOG_WINDOW = 60.0
+EXTENSION_KEY = "iot_server.hook_caches"
+
+
+#: The monotonic clock of every hook cache; tests replace it to step over TTLs.
+clock = time.monotonic
+
+
+class TtlCache:
+    """A small thread-safe LRU of key → (expires, value), bounded in size."""
+
+    def __init__(self, max_entries: int = CACHE_MAX_ENTRIES):
+        self.max_entries = max_entries
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, now: float):
+        """The live value for `key`, or None."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            if item[0] <= now:
+                del self._items[key]
+                return None
+            self._items.move_to_end(key)
+            return item[1]
+
+    def put(self, key, value, expires: float) -> None:
+        """Remember `value` until `expires`, evicting the least recently used beyond the bound."""
+        with self._lock:
+            self._items[key] = (expires, value)
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+    def discard(self, key) -> None:
+        """Forget `key`."""
+        with self._lock:
+            self._items.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class DenialLog:
+    """Logs the first login denial of a username, then one summary per window with a count,
+    so a device retrying every second writes a line a minute rather than one per retry."""
+
+    def __init__(self, window: float = DENIAL_LOG_WINDOW, max_entries: int = CACHE_MAX_ENTRIES):
+        self.window = window
+        self.max_entries = max_entries
+        self._windows: OrderedDict[str, list] = OrderedDict()  # username → [start, count]
+        self._lock = threading.Lock()
+        self._last_sweep = clock()
+
+    def denied(self, username: str, reason: str, device: str | None) -> None:
+        """Record a denial; log it when it opens a window, else just count it."""
+        now = clock()
+        summaries = []
+        with self._lock:
+            if now - self._last_sweep >= self.window:
+                summaries = self._sweep(now)
+            entry = self._windows.get(username)
+            if entry is not None and now - entry[0] < self.window:
+                entry[1] += 1
+                first = False
+            else:
+                if entry is not None and entry[1]:
+                    summaries.append((username, entry[1], now - entry[0]))
+                self._windows[username] = [now, 0]
+                self._windows.move_to_end(username)
+                while len(self._windows) > self.max_entries:
+                    self._windows.popitem(last=False)
+                first = True
+        for name, count, seconds in summaries:
+            log.warning(
+                "login denied %d more times for %s in the last %.0f s",
+                count,
+                name,
+                seconds,
+                extra={"username": name, "count": count},
+            )
+        if first:
+            log.warning(
+                "login denied for %s: %s",
+                username,
+                reason,
+                extra={"username": username, "device": device, "reason": reason},
+            )
+
+    def _sweep(self, now: float) -> list[tuple[str, int, float]]:
+        """Close every expired window (caller holds the lock); returns the summaries due."""
+        self._last_sweep = now
+        due = []
+        for name in [n for n, (start, _) in self._windows.items() if now - start >= self.window]:
+            start, count = self._windows.pop(name)
+            if count:
+                due.append((name, count, now - start))
+        return due
+
+
+class HookCaches:
+    """The caches of one app in one process: failed logins, device states, verified tokens."""
+
+    def __init__(self) -> None:
+        self.negative = TtlCache()
+        self.devices = TtlCache()
+        self.tokens = TtlCache()
+        self.denials = DenialLog()
+
+    def clear(self) -> None:
+        """Forget every cached answer."""
+        self.negative.clear()
+        self.devices.clear()
+        self.tokens.clear()
+
+
+def init_app(app: Flask) -> None:
+    """Give the app its hook caches."""
+    app.extensions[EXTENSION_KEY] = HookCaches()
+
+
+def hook_caches() -> HookCaches:
+    """The current app's hook caches."""
+    return current_app.extensions[EXTENSION_KEY]
