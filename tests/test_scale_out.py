@@ -47,7 +47,8 @@ from iot_server import create_app, tokens
 from iot_server.broker import decisions as broker_auth
 from iot_server.extensions import db
 from iot_server.models import Device, Owner
-from iot_server.pinger.client import Pinger, read_last_seen, write_last_seen
+from iot_server.pinger.client import Pinger
+from iot_server.pinger.store import read_last_seen, write_last_seen
 
 pytestmark = pytest.mark.slow
 

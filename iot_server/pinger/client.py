@@ -16,7 +16,6 @@ a device it found silent, so a device that another replica hears is left alone.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import signal
@@ -26,141 +25,29 @@ import threading
 import time
 import uuid as uuidlib
 from collections import Counter
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from flask import Flask
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import DateTime, event, select, text
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from ..identifiers import parse_uuid
-from ..models import Device
+from .messages import (
+    SERVER_PING,
+    SERVER_PONG,
+    parse_broker_url,
+    parse_device_message,
+    ping_subscription,
+)
 from .presence import PendingSeen, Presence
+from .store import MAX_BATCH, read_last_seen, write_last_seen
 
 log = logging.getLogger("iot_server.pinger")
 
-# Every message the server publishes carries "src":"server": MQTT 3.1.1 has no "no local",
-# so the pinger hears its own messages (and other replicas') and must recognise them.
-SERVER_PING = b'{"c":"PING","src":"server"}'
-SERVER_PONG = b'{"c":"PONG","src":"server"}'
-MAX_PAYLOAD = 4096
 PONG_QOS = 1
 # Device firmware (PubSubClient) publishes at QoS 0 only, so a QoS 1 subscription would gain
 # nothing for device messages and would only add PUBACKs for our own echoes.
 SUBSCRIBE_QOS = 0
-# Devices per UPDATE: bounds a batch's memory and duration; more wait for the next tick.
-MAX_BATCH = 20_000
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where the pinger connects: host, port and whether to use TLS."""
-
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """`mqtt://host[:1883]` or `mqtts://host[:8883]`; anything else is a ValueError."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"MQTT_BROKER_URL must be mqtt://host:port or mqtts://host:port: {url!r}")
-    tls = parts.scheme == "mqtts"
-    return BrokerAddress(parts.hostname, parts.port or (8883 if tls else 1883), tls)
-
-
-def ping_subscription(shared_group: str | None) -> str:
-    """`device/+/ping`, or its shared form so replicas split the load (EMQX `$share`)."""
-    topic = "device/+/ping"
-    return f"$share/{shared_group}/{topic}" if shared_group else topic
-
-
-def parse_device_message(topic: str, payload: bytes) -> tuple[str, str] | None:
-    """`(uuid, "PING"|"PONG")` for a device's message; None (with a debug log) for
-    anything else: the server's own messages, garbage, wrong topics."""
-    if len(payload) > MAX_PAYLOAD:
-        return ignore(topic, f"payload of {len(payload)} bytes")
-    levels = topic.split("/")
-    if len(levels) != 3 or levels[0] != "device" or levels[2] != "ping":
-        return ignore(topic, "not a ping topic")
-    uuid = parse_uuid(levels[1])
-    if uuid is None:
-        return ignore(topic, "topic level is not a uuid")
-    try:
-        body = json.loads(payload)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return ignore(topic, "not JSON")
-    if not isinstance(body, dict):
-        return ignore(topic, "not a JSON object")
-    if body.get("src") == "server":
-        return None
-    command = body.get("c")
-    if command not in ("PING", "PONG"):
-        return ignore(topic, "no PING or PONG command")
-    return uuid, command
-
-
-def ignore(topic: str, reason: str) -> None:
-    """Log why a message is ignored (debug only: devices can send garbage at any rate)."""
-    log.debug("ignored message on %.100s: %s", topic, reason)
-    return None
-
-
-# One statement per batch, whatever its size, with a single JSON parameter: the SQL text
-# never changes, so nothing is compiled per batch and no parameter limit applies.
-# Only ever forward: with replicas sharing the ping load, another replica's batch may hold
-# an older time for the same device and land after ours (likewise a batch kept through a
-# database outage), and it must not move `last_seen_at` back.
-UPDATE_LAST_SEEN = {
-    "postgresql": "UPDATE {table} SET last_seen_at = CAST(seen.value AS timestamptz)"
-    " FROM json_each_text(CAST(:seen AS json)) AS seen WHERE {table}.uuid = seen.key"
-    " AND ({table}.last_seen_at IS NULL"
-    " OR {table}.last_seen_at < CAST(seen.value AS timestamptz))",
-    # SQLite >= 3.33 (UPDATE … FROM) with its built-in JSON functions. The column holds
-    # SQLAlchemy's fixed-width UTC text, so comparing text compares times.
-    "sqlite": "UPDATE {table} SET last_seen_at = seen.value"
-    " FROM json_each(:seen) AS seen WHERE {table}.uuid = seen.key"
-    " AND ({table}.last_seen_at IS NULL OR {table}.last_seen_at < seen.value)",
-}
-
-
-def write_last_seen(engine: Engine, seen: dict[str, float]) -> None:
-    """One UPDATE for the whole batch of `{uuid: Unix time}`; unknown uuids match no row.
-    `updated_at` is left alone: presence is not an edit of the device."""
-    if not seen:
-        return
-    dialect = engine.dialect
-    sql = UPDATE_LAST_SEEN.get(dialect.name)
-    if sql is None:
-        raise RuntimeError(f"presence writes support SQLite and PostgreSQL, not {dialect.name}")
-    # The column type's own conversion, so SQLite gets the text format SQLAlchemy reads back.
-    to_db = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
-    stamps = {}
-    for uuid, at in seen.items():
-        when = datetime.fromtimestamp(at, UTC)
-        stamps[uuid] = to_db(when) if to_db else when.isoformat()
-    with engine.begin() as connection:
-        connection.execute(
-            text(sql.format(table=Device.__tablename__)), {"seen": json.dumps(stamps)}
-        )
-
-
-def read_last_seen(engine: Engine, uuids: list[str]) -> dict[str, float]:
-    """`{uuid: Unix time}` of the devices' `last_seen_at` (unknown or never seen: absent)."""
-    seen = {}
-    with engine.connect() as connection:
-        for start in range(0, len(uuids), MAX_BATCH):
-            query = select(Device.uuid, Device.last_seen_at).where(
-                Device.uuid.in_(uuids[start : start + MAX_BATCH]), Device.last_seen_at.is_not(None)
-            )
-            for uuid, at in connection.execute(query):
-                # SQLite hands back naive UTC; PostgreSQL an aware time.
-                seen[uuid] = (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
-    return seen
 
 
 class Pinger:
@@ -511,15 +398,3 @@ def run_from_app(app: Flask, **options) -> int:
         return 1
     pinger.run()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m iot_server.pinger`: the app's config from the environment."""
-    parser = argparse.ArgumentParser(description="The iot_server MQTT pinger.")
-    parser.add_argument(
-        "--stats-interval", type=float, default=60.0, help="seconds between stats log lines"
-    )
-    args = parser.parse_args(argv)
-    from .. import create_app
-
-    return run_from_app(create_app(), stats_interval=args.stats_interval)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import math
 import uuid as uuidlib
-from collections.abc import Iterable
 from itertools import islice
 
 
-def uuid_key(uuid: str) -> int:
+def pack_uuid(uuid: str) -> int:
     """A lowercase hyphenated uuid as a 128-bit int: about half the memory of the str."""
     return int(uuid.replace("-", ""), 16)
 
 
-def key_uuid(key: int) -> str:
+def unpack_uuid(key: int) -> str:
     """The lowercase hyphenated uuid back from its int key."""
     return str(uuidlib.UUID(int=key))
 
@@ -41,26 +40,15 @@ class Presence:
     def __len__(self) -> int:
         return len(self._last_seen)
 
-    def __contains__(self, uuid: str) -> bool:
-        return uuid_key(uuid) in self._last_seen
-
     def seen(self, uuid: str, now: float) -> None:
         """The device sent a PING or a PONG at `now`: it is online, its misses are forgiven."""
-        self._last_seen[uuid_key(uuid)] = now
+        self._last_seen[pack_uuid(uuid)] = now
 
     def heard_elsewhere(self, uuid: str, at: float) -> None:
         """Another replica heard the device at `at`: counts as seen unless heard later here."""
-        key = uuid_key(uuid)
+        key = pack_uuid(uuid)
         if self._last_seen.get(key, -math.inf) < at:
             self._last_seen[key] = at
-
-    def misses(self, uuid: str) -> int:
-        """How many server PINGs in a row the device has left unanswered (as of the last
-        sweep)."""
-        last = self._last_seen.get(uuid_key(uuid))
-        if last is None or self._swept < last:
-            return 0
-        return int(min(self.max_misses, (self._swept - last) // self.interval))
 
     def sweep(self, now: float) -> tuple[list[str], list[str]]:
         """Advance to `now`: the devices to PING, and those that just went offline.
@@ -84,7 +72,7 @@ class Presence:
                 to_ping.append(key)
         for key in offline:
             del self._last_seen[key]
-        return [key_uuid(key) for key in to_ping], [key_uuid(key) for key in offline]
+        return [unpack_uuid(key) for key in to_ping], [unpack_uuid(key) for key in offline]
 
     def postpone_all(self, now: float) -> None:
         """Restart every device's clock at `now` (after a broker outage nobody could be
@@ -121,7 +109,3 @@ class PendingSeen:
         for uuid, at in batch.items():
             if self._seen.get(uuid, 0.0) < at:
                 self._seen[uuid] = at
-
-    def items(self) -> Iterable[tuple[str, float]]:
-        """The pending entries (for tests and stats)."""
-        return self._seen.items()
