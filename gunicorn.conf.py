@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 from iot_server.config import Config
+from iot_server.logs import logging_config
 
 _config = Config()
 
@@ -31,7 +32,7 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = _config.WEB_CONCURRENCY
 # gthread, with JSON error pages for requests gunicorn rejects itself. Threads give
 # keep-alive to brokers' connection pools (EMQX keeps 8 open) and overlap database waits.
-worker_class = "iot_server.serving.JsonErrorThreadWorker"
+worker_class = "iot_server.gunicorn_worker.JsonErrorThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 keepalive = 30
 timeout = 30
@@ -41,38 +42,11 @@ forwarded_allow_ips = "*" if _config.TRUSTED_PROXIES else "127.0.0.1"
 # would take it from each other, and nothing here uses it.
 control_socket_disable = True
 
-# The access log as the same JSON lines as the app (python-json-logger).
+# The access log as the same JSON lines as the app (python-json-logger), and the app's
+# own logging configuration, so every line is written once, in one format.
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(L)s'
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "json": {"()": "iot_server.logs.JsonLineFormatter"},
-        "access": {"()": "iot_server.logs.GunicornAccessFormatter"},
-        "text": {"format": "%(asctime)s %(levelname)-5s [%(name)s] %(message)s"},
-    },
-    "filters": {"context": {"()": "iot_server.logs.ContextFilter"}},
-    "handlers": {
-        "error": {
-            "class": "logging.StreamHandler",
-            "stream": "ext://sys.stderr",
-            "formatter": "json" if _config.LOG_FORMAT == "json" else "text",
-            "filters": ["context"],
-        },
-        "access": {
-            "class": "logging.StreamHandler",
-            "stream": "ext://sys.stdout",
-            "formatter": "access" if _config.LOG_FORMAT == "json" else "text",
-            "filters": ["context"],
-        },
-    },
-    "root": {"level": "INFO", "handlers": ["error"]},
-    "loggers": {
-        "gunicorn.error": {"handlers": ["error"], "level": "INFO", "propagate": False},
-        "gunicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
-    },
-}
+logconfig_dict = logging_config(_config.LOG_FORMAT, _config.DEBUG_LOGS)
 
 
 def child_exit(server, worker):

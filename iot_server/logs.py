@@ -1,4 +1,5 @@
-"""Logging, configured once in the factory: JSON lines in production, text in development.
+"""Logging: one configuration for gunicorn and the app, JSON lines in production, text in
+development, each line written once.
 
 Every line carries the request id (`X-Request-ID`, echoed back, generated when absent) and
 a short logger name (`auth`, `hooks.emqx`, `pinger`, ...).
@@ -60,30 +61,75 @@ class GunicornAccessFormatter(JsonLineFormatter):
         )
 
 
-def build_handler(log_format: str) -> logging.Handler:
-    """A stderr handler with our formatter and context filter."""
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonLineFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-5s [%(area)s] [%(request_id)s] %(message)s")
-        )
-    handler.addFilter(ContextFilter())
-    return handler
+class AppLogHandler(logging.StreamHandler):
+    """The one handler of every process, on the root logger: stderr, our format, our
+    context. Its class marks it, so the app never adds a second one."""
+
+    def __init__(self, log_format: str = "json") -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(JsonLineFormatter() if log_format == "json" else TextFormatter())
+        self.addFilter(ContextFilter())
+
+
+class TextFormatter(logging.Formatter):
+    """One readable line for a person at a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-5s [%(area)s] [%(request_id)s] %(message)s")
+
+
+def app_log_level(debug: bool) -> str:
+    """The level of our own loggers; everyone else's stays at WARNING."""
+    return "DEBUG" if debug else "INFO"
+
+
+def logging_config(log_format: str, debug: bool) -> dict:
+    """The whole logging setup as a `dictConfig` mapping: gunicorn loads it
+    (`logconfig_dict`), and `configure()` gives other processes the same handler and levels.
+
+    Records propagate to the root's single handler and are written there once; gunicorn's
+    own loggers write through that handler too, and its access log goes to stdout.
+    """
+    handler = {"()": AppLogHandler, "log_format": log_format}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "access": (
+                {"()": GunicornAccessFormatter}
+                if log_format == "json"
+                else {"format": "%(asctime)s access %(message)s"}
+            )
+        },
+        "filters": {"context": {"()": ContextFilter}},
+        "handlers": {
+            "app": handler,
+            "access": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stdout",
+                "formatter": "access",
+                "filters": ["context"],
+            },
+        },
+        "root": {"level": "WARNING", "handlers": ["app"]},
+        "loggers": {
+            ROOT_LOGGER: {"level": app_log_level(debug)},
+            "gunicorn.error": {"level": "INFO", "handlers": ["app"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+        },
+    }
 
 
 def configure(log_format: str, debug: bool) -> None:
-    """Point the `iot_server` logger tree at one handler (idempotent)."""
-    logger = logging.getLogger(ROOT_LOGGER)
-    for old in [h for h in logger.handlers if getattr(h, "_iot_server", False)]:
-        logger.removeHandler(old)
-    handler = build_handler(log_format)
-    handler._iot_server = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    # Records still propagate so pytest's caplog sees them; the root has no handler in
-    # production, so nothing is written twice.
+    """Apply `logging_config()` in a process gunicorn did not set up (flask run, the pinger,
+    the CLI, tests): the same root handler, added once, and the same levels. The root's
+    other handlers (pytest's capture) are left alone."""
+    root = logging.getLogger()
+    if not any(isinstance(handler, AppLogHandler) for handler in root.handlers):
+        root.addHandler(AppLogHandler(log_format))
+        if root.level == logging.NOTSET or root.level > logging.WARNING:
+            root.setLevel(logging.WARNING)
+    logging.getLogger(ROOT_LOGGER).setLevel(app_log_level(debug))
 
 
 def assign_request_id() -> None:
