@@ -55,7 +55,6 @@ def default_web_concurrency() -> int:
 class Config:
     """Production defaults, read from the environment when the class is instantiated."""
 
-    ENV_NAME = "production"
     TESTING = False
 
     def __init__(self) -> None:
@@ -111,8 +110,6 @@ class Config:
 class DevelopmentConfig(Config):
     """`flask run` / `flask dev`: readable logs, SQLite in the instance folder by default."""
 
-    ENV_NAME = "development"
-
     def default_log_format(self) -> str:
         """Readable text for a person at a terminal."""
         return "text"
@@ -121,7 +118,6 @@ class DevelopmentConfig(Config):
 class TestingConfig(DevelopmentConfig):
     """The base tests build on; they override the database and secrets per test."""
 
-    ENV_NAME = "testing"
     TESTING = True
 
     def __init__(self) -> None:

@@ -28,6 +28,19 @@ TOO_LARGE = "TOO_LARGE"
 CONFLICT = "CONFLICT"
 RATE_LIMITED = "RATE_LIMITED"
 ERROR = "ERROR"
+#: Every result code `c` an answer may carry (SPEC.md, "Response format").
+CODES = (
+    OK,
+    NOT_REGISTERED,
+    FORBIDDEN,
+    BAD_REQUEST,
+    NOT_FOUND,
+    METHOD_NOT_ALLOWED,
+    TOO_LARGE,
+    CONFLICT,
+    RATE_LIMITED,
+    ERROR,
+)
 
 CODE_BY_STATUS = {
     400: BAD_REQUEST,
@@ -37,7 +50,7 @@ CODE_BY_STATUS = {
     405: METHOD_NOT_ALLOWED,
     409: CONFLICT,
     413: TOO_LARGE,
-    414: TOO_LARGE,  # request line over gunicorn's limit (see serving.py)
+    414: TOO_LARGE,  # request line over gunicorn's limit (see gunicorn_worker.py)
     429: RATE_LIMITED,
     431: TOO_LARGE,  # headers over gunicorn's limit
 }

@@ -19,6 +19,8 @@ from .extensions import db
 
 MASTER = "master"
 AGENT = "agent"
+#: The longest device name an owner may set.
+DEVICE_NAME_MAX = 64
 
 
 def utcnow() -> datetime:
@@ -80,7 +82,7 @@ class Device(db.Model):
 
     uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
     kind: Mapped[str] = mapped_column(String(6))
-    name: Mapped[str | None] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(DEVICE_NAME_MAX))
     # Set for a claimed master; indexed for "my devices".
     owner_id: Mapped[int | None] = mapped_column(
         ForeignKey("owners.id", ondelete="SET NULL"), index=True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from functools import cache
 
 from argon2 import PasswordHasher
@@ -12,9 +11,9 @@ from sqlalchemy.exc import IntegrityError
 
 from .errors import ApiError
 from .extensions import db
+from .identifiers import USERNAME_FORM, parse_username
 from .models import Owner
 
-_USERNAME = re.compile(r"[a-z0-9_.-]{3,64}")
 PASSWORD_MIN, PASSWORD_MAX = 12, 256
 _hasher = PasswordHasher()
 
@@ -26,11 +25,11 @@ def _dummy_hash() -> str:
 
 
 def normalize_username(value: object) -> str:
-    """The lowercase username; 400 unless it is 3-64 of `a-z 0-9 _ . -`."""
-    # isascii first: str.lower() maps some non-ASCII letters (the Kelvin sign) into a-z.
-    if not isinstance(value, str) or not value.isascii() or not _USERNAME.fullmatch(value.lower()):
-        raise ApiError(400, "username must be 3-64 characters of a-z 0-9 _ . -")
-    return value.lower()
+    """The lowercase username; 400 unless it is well-formed (`identifiers.USERNAME_FORM`)."""
+    username = parse_username(value)
+    if username is None:
+        raise ApiError(400, f"username must be {USERNAME_FORM}")
+    return username
 
 
 def validate_password(value: object) -> str:

@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, jsonify, request
 from .. import devices, owners, tokens
 from ..errors import ApiError
 from ..extensions import limiter
-from ..identifiers import parse_uuid
+from ..identifiers import USERNAME_FORM, USERNAME_PATTERN
 from ..metrics import REGISTRATIONS
 from . import validation
 from .validation import Text
@@ -32,9 +32,7 @@ def request_device_token():
         # The secret is checked before the uuid: a bad secret learns nothing about uuids.
         if kind is None:
             raise ApiError(403, "missing or wrong registration secret")
-        uuid = parse_uuid(request.args.get("uuid"))
-        if uuid is None:
-            raise ApiError(400, "uuid must be a hyphenated 8-4-4-4-12 hex uuid")
+        uuid = validation.require_uuid(request.args.get("uuid"))
         device, _ = devices.get_or_create(uuid, kind)
         devices.check_can_have_token(device, kind)
     except ApiError as exc:
@@ -46,10 +44,8 @@ def request_device_token():
     return jsonify(c="OK", t=tokens.issue_device_token(device))
 
 
-# ASCII only: str.lower() would turn e.g. the Kelvin sign into "k" and accept it.
-USERNAME_FORM = re.compile(r"[A-Za-z0-9_.-]{3,64}", re.ASCII)
 REGISTER_FIELDS = {
-    "username": Text(pattern=USERNAME_FORM, form="3-64 characters of a-z 0-9 _ . -"),
+    "username": Text(pattern=re.compile(USERNAME_PATTERN, re.ASCII), form=USERNAME_FORM),
     "password": Text(min_length=owners.PASSWORD_MIN, max_length=owners.PASSWORD_MAX),
 }
 # Login checks types only: a username or password of the wrong form is just wrong (403).

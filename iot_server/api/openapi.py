@@ -1,37 +1,36 @@
 """Blueprint `openapi`: the OpenAPI 3.1 description of the whole HTTP API, and a page to read it.
 
-`DOCUMENT` below is the one source: `/openapi.json` serves it and `/docs` renders it as
-plain HTML with no scripts or external assets, so the page works offline.
+`DOCUMENT` below is the one source: `/openapi.json` serves it and `/docs` renders it with
+`templates/docs.html`, plain HTML with no scripts or external assets, so it works offline.
+Patterns, limits, request bodies and result codes come from the modules that enforce them
+(`identifiers`, `errors`, the blueprints' field specs), so the description cannot drift.
 `tests/test_openapi.py` keeps it equal to the app's URL map, and the schemathesis run checks
 the answers against it.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 
-from flask import Blueprint, jsonify, render_template_string
+from flask import Blueprint, jsonify, render_template
 
-bp = Blueprint("openapi", __name__)
+from .. import identifiers
+from ..errors import CODES
+from ..models import DEVICE_NAME_MAX
+from . import auth, owner_devices
+from .validation import object_schema
 
-UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-LOWER_UUID = {
-    "type": "string",
-    "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-}
-CODES = [
-    "OK",
-    "NOT_REGISTERED",
-    "FORBIDDEN",
-    "BAD_REQUEST",
-    "NOT_FOUND",
-    "METHOD_NOT_ALLOWED",
-    "TOO_LARGE",
-    "CONFLICT",
-    "RATE_LIMITED",
-    "ERROR",
-]
+bp = Blueprint("openapi", __name__, template_folder="templates")
+
+UUID_PATTERN = f"^{identifiers.UUID_PATTERN}$"
+LOWER_UUID = {"type": "string", "pattern": f"^{identifiers.STORED_UUID_PATTERN}$"}
+
+
+def with_descriptions(schema: dict, **descriptions: str) -> dict:
+    """`schema` with a description added to each named property."""
+    for name, text in descriptions.items():
+        schema["properties"][name]["description"] = text
+    return schema
 
 
 def ref(name: str) -> dict:
@@ -550,7 +549,7 @@ DOCUMENT: dict = {
             "Result": {
                 "type": "object",
                 "required": ["c"],
-                "properties": {"c": {"enum": CODES}, "error": {"type": "string"}},
+                "properties": {"c": {"enum": list(CODES)}, "error": {"type": "string"}},
             },
             "Ok": {
                 "type": "object",
@@ -570,39 +569,12 @@ DOCUMENT: dict = {
                 "additionalProperties": False,
                 "properties": {"c": {"const": "OK"}, "ip": {"type": "string"}},
             },
-            "Registration": {
-                "type": "object",
-                "required": ["username", "password"],
-                "additionalProperties": False,
-                "properties": {
-                    "username": {
-                        "type": "string",
-                        "pattern": "^[A-Za-z0-9_.-]{3,64}$",
-                        "description": "Case-insensitive; stored lowercase.",
-                    },
-                    "password": {"type": "string", "minLength": 12, "maxLength": 256},
-                },
-            },
-            "Login": {
-                "type": "object",
-                "required": ["username", "password"],
-                "additionalProperties": False,
-                "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
-            },
-            "Rename": {
-                "type": "object",
-                "required": ["name"],
-                "additionalProperties": False,
-                "properties": {
-                    "name": {
-                        "type": ["string", "null"],
-                        "minLength": 1,
-                        "maxLength": 64,
-                        # No control characters (C0, DEL, C1).
-                        "pattern": "^[^\x00-\x1f\x7f-\x9f]*$",
-                    }
-                },
-            },
+            "Registration": with_descriptions(
+                object_schema(auth.REGISTER_FIELDS),
+                username="Case-insensitive; stored lowercase.",
+            ),
+            "Login": object_schema(auth.LOGIN_FIELDS),
+            "Rename": object_schema(owner_devices.RENAME_FIELDS),
             "Device": {
                 "type": "object",
                 "required": ["uuid", "kind", "name", "online", "last_seen_at", "master", "agents"],
@@ -610,7 +582,7 @@ DOCUMENT: dict = {
                 "properties": {
                     "uuid": LOWER_UUID,
                     "kind": {"enum": ["master", "agent"]},
-                    "name": {"type": ["string", "null"], "maxLength": 64},
+                    "name": {"type": ["string", "null"], "maxLength": DEVICE_NAME_MAX},
                     "online": {"type": "boolean", "description": "Seen within the last 60 s."},
                     "last_seen_at": {
                         "type": ["string", "null"],
@@ -744,46 +716,6 @@ DOCUMENT: dict = {
 
 METHODS = ("get", "put", "post", "delete", "patch")
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ doc.info.title }} API</title>
-<style>
-body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
-h2{border-bottom:1px solid #ddd;margin-top:2.5rem}
-.op{border:1px solid #ddd;border-radius:6px;margin:1rem 0;padding:.5rem 1rem}
-.m{display:inline-block;min-width:4.5rem;font-weight:bold;font-family:monospace}
-code,pre{font-family:ui-monospace,monospace;font-size:13px}
-pre{background:#f6f6f6;padding:.5rem;overflow:auto}
-summary{cursor:pointer}
-table{border-collapse:collapse}td{padding:.1rem .6rem;vertical-align:top}
-</style></head><body>
-<h1>{{ doc.info.title }} API <small>{{ doc.info.version }}</small></h1>
-<p>{{ doc.info.summary }}</p><p>{{ doc.info.description }}</p>
-<p>Machine-readable: <a href="openapi.json">openapi.json</a> (OpenAPI {{ doc.openapi }}).</p>
-{% for tag in tags %}<h2>{{ tag.name }}</h2>
-{% if tag.description %}<p>{{ tag.description }}</p>{% endif %}
-{% for op in tag.operations %}<div class="op" id="{{ op.id }}">
-<p><span class="m">{{ op.method }}</span> <code>{{ op.path }}</code> — {{ op.summary }}</p>
-{% if op.description %}<p>{{ op.description }}</p>{% endif %}
-{% if op.security %}<p>Authorization: {{ op.security }}</p>{% endif %}
-{% if op.parameters %}<p>Parameters:</p><table>{% for p in op.parameters %}
-<tr><td><code>{{ p.name }}</code></td><td>{{ p.in }}</td><td><code>{{ p.schema }}</code></td>
-<td>{{ p.description or "" }}</td></tr>{% endfor %}</table>{% endif %}
-{% if op.body %}<details><summary>Request body</summary>
-<pre>{{ op.body }}</pre></details>{% endif %}
-<table>{% for status, r in op.responses %}<tr><td><code>{{ status }}</code></td>
-<td>{{ r.description }}{% if r.schema %}<details><summary>body</summary>
-<pre>{{ r.schema }}</pre></details>{% endif %}</td></tr>{% endfor %}</table>
-</div>{% endfor %}{% endfor %}
-</body></html>
-"""
-
-
-def document() -> dict:
-    """A copy of the OpenAPI document (callers may not change the shared one)."""
-    return copy.deepcopy(DOCUMENT)
-
 
 def resolve(node: dict, doc: dict) -> dict:
     """Follow a local `$ref` (one level is all this document uses)."""
@@ -857,4 +789,4 @@ def docs_page():
         {**tag, "operations": [op for op in ops if op["tag"] == tag["name"]]}
         for tag in DOCUMENT["tags"]
     ]
-    return render_template_string(PAGE, doc=DOCUMENT, tags=tags)
+    return render_template("docs.html", doc=DOCUMENT, tags=tags)

@@ -13,15 +13,16 @@ from flask import Blueprint, jsonify
 
 from .. import devices, tokens
 from ..extensions import db
-from ..models import MASTER, Device
+from ..models import DEVICE_NAME_MAX, MASTER, Device
 from . import validation
 from .access import require_token
 from .validation import Text
 
 bp = Blueprint("owner_devices", __name__)
 
-NAME_MAX = 64
-RENAME_FIELDS = {"name": Text(min_length=1, max_length=NAME_MAX, nullable=True, printable=True)}
+RENAME_FIELDS = {
+    "name": Text(min_length=1, max_length=DEVICE_NAME_MAX, nullable=True, printable=True)
+}
 
 
 def iso_utc(moment: datetime | None) -> str | None:
@@ -70,14 +71,14 @@ def list_devices():
 def show_device(uuid: str):
     """One of the owner's devices."""
     owner = require_token(tokens.OWNER)
-    return device_answer(devices.owned_device(validation.path_uuid(uuid), owner))
+    return device_answer(devices.owned_device(validation.require_uuid(uuid), owner))
 
 
 @bp.patch("/<uuid>")
 def rename_device(uuid: str):
     """Set the device's name (1-64 characters), or clear it with null."""
     owner = require_token(tokens.OWNER)
-    device = devices.owned_device(validation.path_uuid(uuid), owner)
+    device = devices.owned_device(validation.require_uuid(uuid), owner)
     data = validation.body(RENAME_FIELDS)
     device.name = data["name"]
     db.session.commit()
@@ -88,7 +89,7 @@ def rename_device(uuid: str):
 def claim_device(uuid: str):
     """Claim a master: 201 when this creates it, 200 when it existed or is already ours."""
     owner = require_token(tokens.OWNER)
-    device, created = devices.claim(validation.path_uuid(uuid), owner)
+    device, created = devices.claim(validation.require_uuid(uuid), owner)
     return device_answer(device, 201 if created else 200)
 
 
@@ -96,7 +97,7 @@ def claim_device(uuid: str):
 def release_device(uuid: str):
     """Release a master: its agents are unlinked, and it and they are revoked."""
     owner = require_token(tokens.OWNER)
-    devices.release(devices.owned_master(validation.path_uuid(uuid), owner))
+    devices.release(devices.owned_master(validation.require_uuid(uuid), owner))
     return jsonify(c="OK")
 
 
@@ -104,8 +105,8 @@ def release_device(uuid: str):
 def link_agent(master: str, agent: str):
     """Link an agent (created when unknown) to the owner's master: 201 when created."""
     owner = require_token(tokens.OWNER)
-    master_uuid = validation.path_uuid(master, "master")
-    agent_uuid = validation.path_uuid(agent, "agent")
+    master_uuid = validation.require_uuid(master, "master")
+    agent_uuid = validation.require_uuid(agent, "agent")
     device, created = devices.link(devices.owned_master(master_uuid, owner).uuid, agent_uuid)
     return device_answer(device, 201 if created else 200)
 
@@ -114,8 +115,8 @@ def link_agent(master: str, agent: str):
 def unlink_agent(master: str, agent: str):
     """Unlink an agent from the owner's master and revoke it."""
     owner = require_token(tokens.OWNER)
-    master_device = devices.owned_master(validation.path_uuid(master, "master"), owner)
-    devices.unlink(master_device, validation.path_uuid(agent, "agent"))
+    master_device = devices.owned_master(validation.require_uuid(master, "master"), owner)
+    devices.unlink(master_device, validation.require_uuid(agent, "agent"))
     return jsonify(c="OK")
 
 
@@ -123,6 +124,6 @@ def unlink_agent(master: str, agent: str):
 def revoke_device(uuid: str):
     """Invalidate the device's tokens and cut its live MQTT session."""
     owner = require_token(tokens.OWNER)
-    device = devices.owned_device(validation.path_uuid(uuid), owner)
+    device = devices.owned_device(validation.require_uuid(uuid), owner)
     devices.revoke(device)
     return device_answer(device)

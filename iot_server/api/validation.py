@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from dataclasses import dataclass
 
 from flask import request
 
 from ..errors import ApiError
-from ..identifiers import parse_uuid
+from ..identifiers import UUID_FORM, parse_uuid
+
+#: Unicode category Cc: C0 controls, DEL and C1 controls.
+CONTROL_CHARACTERS = "\x00-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,29 @@ class Text:
     required: bool = True
     nullable: bool = False
     printable: bool = False
+
+    def json_schema(self) -> dict:
+        """The same rule as a JSON Schema (the OpenAPI document is built from it)."""
+        schema: dict = {"type": ["string", "null"] if self.nullable else "string"}
+        if self.min_length:
+            schema["minLength"] = self.min_length
+        if self.max_length is not None:
+            schema["maxLength"] = self.max_length
+        if self.pattern is not None:
+            schema["pattern"] = f"^{self.pattern.pattern}$"
+        elif self.printable:
+            schema["pattern"] = f"^[^{CONTROL_CHARACTERS}]*$"
+        return schema
+
+
+def object_schema(fields: dict[str, Text]) -> dict:
+    """The JSON Schema of a request body checked by `body(fields)`."""
+    return {
+        "type": "object",
+        "required": [name for name, spec in fields.items() if spec.required],
+        "additionalProperties": False,
+        "properties": {name: spec.json_schema() for name, spec in fields.items()},
+    }
 
 
 def json_object() -> dict:
@@ -64,7 +90,7 @@ def check_text(name: str, value: object, spec: Text) -> str | None:
     if not is_storable(value):
         # PostgreSQL rejects NUL in text and lone surrogates cannot be encoded as UTF-8.
         raise ApiError(400, f"{name} must be valid Unicode text without NUL characters")
-    if spec.printable and any(unicodedata.category(ch) == "Cc" for ch in value):
+    if spec.printable and _CONTROL.search(value):
         raise ApiError(400, f"{name} must not contain control characters")
     too_long = spec.max_length is not None and len(value) > spec.max_length
     if len(value) < spec.min_length or too_long:
@@ -86,9 +112,9 @@ def is_storable(value: str) -> bool:
     return True
 
 
-def path_uuid(value: str, name: str = "uuid") -> str:
-    """The lowercase device uuid from a path segment; 400 when malformed."""
+def require_uuid(value: str | None, name: str = "uuid") -> str:
+    """The lowercase device uuid from a path segment or query value; 400 when malformed."""
     uuid = parse_uuid(value)
     if uuid is None:
-        raise ApiError(400, f"{name} must be a hyphenated 8-4-4-4-12 hex uuid")
+        raise ApiError(400, f"{name} must be {UUID_FORM}")
     return uuid
