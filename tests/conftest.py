@@ -8,6 +8,7 @@ Database tests run on SQLite, and on PostgreSQL too when TEST_DATABASE_URL is se
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import queue
@@ -64,9 +65,40 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> 
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def wait_until(predicate, timeout: float = 5.0, step: float = 0.05) -> bool:
+    """Poll until `predicate()` is true; its last answer once `timeout` has passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
+
+
+def seconds_until(predicate, timeout: float, step: float = 0.05) -> float:
+    """How long `predicate()` took to become true (AssertionError after `timeout`)."""
+    started = time.monotonic()
+    if not wait_until(predicate, timeout, step):
+        raise AssertionError(f"still not true after {timeout} s")
+    return time.monotonic() - started
+
+
 def new_uuid() -> str:
     """A fresh lowercase device uuid."""
     return str(uuidlib.uuid4())
+
+
+def request_token(client, uuid, secret=MASTER_SECRET, ip: str | None = None):
+    """A device's registration call (`GET /auth/devices/request`). Each uuid calls from an
+    address of its own unless `ip` is given, so the /auth/* limit stays out of the way."""
+    headers = {"Authorization": f"Bearer {secret}"} if secret is not None else {}
+    query = f"?uuid={uuid}" if uuid is not None else ""
+    if ip is None:
+        digest = hashlib.sha256(str(uuid).encode()).digest()
+        ip = f"10.{digest[0]}.{digest[1]}.{digest[2] % 250 + 1}"
+    return client.get(
+        "/auth/devices/request" + query, headers=headers, environ_base={"REMOTE_ADDR": ip}
+    )
 
 
 # ---------------------------------------------------------------- databases
@@ -186,6 +218,23 @@ class Devices:
             db.session.add(Device(uuid=uuid, kind=AGENT, master_uuid=master))
             db.session.commit()
         return uuid
+
+    def owner_token(self, username: str = "alice") -> str:
+        """An owner token for `username`, creating the account directly when missing (no
+        argon2 cost per test)."""
+        from iot_server import tokens
+
+        with self.app.app_context():
+            owner = db.session.execute(db.select(Owner).filter_by(username=username)).scalar()
+            if owner is None:
+                owner = Owner(username=username, password_hash="x")
+                db.session.add(owner)
+                db.session.commit()
+            return tokens.issue_owner_token(owner)
+
+    def owner_headers(self, username: str = "alice") -> dict:
+        """`Authorization` with an owner token for `username`."""
+        return {"Authorization": f"Bearer {self.owner_token(username)}"}
 
     def token(self, uuid: str) -> str:
         """A device token at the device's current version (as registration would issue)."""
@@ -594,6 +643,29 @@ def proxied_postgres(postgres_url):
     proxy.stop()
 
 
+# ---------------------------------------------------------------- pinger processes
+
+
+def pinger_env(**overrides: str) -> dict[str, str]:
+    """The environment of a `python -m iot_server.pinger` of a test (development mode)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IOT_", "MQTT_"))}
+    env.update(IOT_ENV="development", MQTT_SECRET_KEY=MQTT_SECRET)
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def pinger_process(env: dict[str, str], *args: str, stdout=subprocess.PIPE) -> subprocess.Popen:
+    """`python -m iot_server.pinger [args]` with text stderr piped (its logs)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "iot_server.pinger", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 # ---------------------------------------------------------------- gunicorn instances
 
 
@@ -674,6 +746,22 @@ class GunicornServer:
             self.stop()
             raise RuntimeError(f"gunicorn did not start:\n{self.stderr_path.read_text()}") from exc
         return self
+
+    def refusal(self, timeout: float = 30.0) -> tuple[int, str]:
+        """Start it expecting a refusal: its exit status and what it wrote on stderr."""
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=err,
+            )
+        try:
+            status = self.process.wait(timeout=timeout)
+        finally:
+            self.stop()
+        return status, self.stderr_path.read_text()
 
     def worker_pids(self) -> set[int]:
         """The arbiter's live children (to prove no worker was restarted)."""

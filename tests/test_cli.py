@@ -1,7 +1,7 @@
 """The admin CLI: users and devices, exit codes and one-line errors."""
 
 import pytest
-from conftest import AGENT_SECRET, MASTER_SECRET, new_uuid
+from conftest import AGENT_SECRET, MASTER_SECRET, new_uuid, request_token
 
 
 def invoke(runner, *args, input=None):
@@ -45,14 +45,6 @@ def test_users_create_duplicate_is_one_line_error(runner):
     assert result.exit_code == 1
     assert result.output.strip().count("\n") == 0
     assert "CONFLICT" in result.output
-
-
-def request_token(client, uuid, secret):
-    return client.get(
-        f"/auth/devices/request?uuid={uuid}",
-        headers={"Authorization": f"Bearer {secret}"},
-        environ_base={"REMOTE_ADDR": f"10.7.{uuid[0:1].encode()[0]}.{uuid[1:2].encode()[0]}"},
-    )
 
 
 def test_master_flow_not_registered_then_claimed(client, runner):

@@ -1,11 +1,9 @@
 """Configuration from the environment, and production's refusal to start without secrets."""
 
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, free_port, wait_for_port
+from conftest import MASTER_SECRET, GunicornServer
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from iot_server.config import REQUIRED_SECRETS, Config, DevelopmentConfig, database_url
@@ -99,22 +97,12 @@ def test_postgres_scheme_url_works_end_to_end(postgres_url, monkeypatch):
         db.engine.dispose()
 
 
-def gunicorn(env, port, workers=1):
-    return subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env={**env, "PORT": str(port), "WEB_CONCURRENCY": str(workers)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def base_env(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in REQUIRED_SECRETS}
-    env.pop("IOT_ENV", None)
-    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'prod.sqlite'}"
-    return env
+def refused_gunicorn(tmp_path, **env: str) -> tuple[int, str]:
+    """gunicorn started with the machine's environment minus our secrets, plus `env`."""
+    base = {k: v for k, v in os.environ.items() if k not in REQUIRED_SECRETS}
+    base.pop("IOT_ENV", None)
+    base["DATABASE_URL"] = f"sqlite:///{tmp_path / 'prod.sqlite'}"
+    return GunicornServer({**base, **env}, tmp_path, workers=1).refusal()
 
 
 def test_database_pool_is_sized_from_the_environment(clean_env, postgres_url):
@@ -139,12 +127,10 @@ def test_database_pool_is_sized_from_the_environment(clean_env, postgres_url):
         db.engine.dispose()
 
 
+@pytest.mark.slow
 def test_gunicorn_refuses_to_start_without_secrets(tmp_path):
-    env = base_env(tmp_path)
-    env["JWT_SECRET"] = "x" * 40
-    process = gunicorn(env, free_port())
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode != 0
+    status, stderr = refused_gunicorn(tmp_path, JWT_SECRET="x" * 40)
+    assert status != 0
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
     assert "DEVICE_MASTER_SECRET_KEY" in lines[0]
@@ -153,86 +139,57 @@ def test_gunicorn_refuses_to_start_without_secrets(tmp_path):
     assert "JWT_SECRET," not in lines[0]
 
 
+@pytest.mark.slow
 def test_gunicorn_refuses_equal_registration_secrets(tmp_path):
-    env = {
-        **base_env(tmp_path),
-        **SECRETS,
-        "DEVICE_AGENT_SECRET_KEY": SECRETS["DEVICE_MASTER_SECRET_KEY"],
-    }
-    process = gunicorn(env, free_port())
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode != 0
+    status, stderr = refused_gunicorn(
+        tmp_path, **{**SECRETS, "DEVICE_AGENT_SECRET_KEY": SECRETS["DEVICE_MASTER_SECRET_KEY"]}
+    )
+    assert status != 0
     assert "must differ" in stderr
 
 
-def test_gunicorn_serves_json_logs_and_metrics_of_all_workers(tmp_path):
-    import json
-
+@pytest.mark.slow
+def test_gunicorn_serves_json_logs_and_metrics_of_all_workers(start_gunicorn):
     import requests
 
-    env = {**base_env(tmp_path), **SECRETS}
-    migrate = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    server = start_gunicorn(workers=2)
+    base = server.url
+    for _ in range(20):  # a new connection each: both workers serve some
+        requests.get(f"{base}/healthz", headers={"Connection": "close"})
+    metrics = requests.get(f"{base}/metrics").text
+    healthz = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('iot_http_requests_total{endpoint="/healthz"')
+    ]
+    assert healthz and float(healthz[0].split()[-1]) == 20.0, healthz
+    response = requests.get(f"{base}/healthz", headers={"X-Request-ID": "req-42"})
+    assert response.json() == {"c": "OK"}
+    assert response.headers["X-Request-ID"] == "req-42"
+    registration = requests.get(
+        f"{base}/auth/devices/request?uuid=0f0e0d0c-0b0a-4908-8706-050403020100",
+        headers={"Authorization": f"Bearer {MASTER_SECRET}"},
     )
-    assert migrate.returncode == 0, migrate.stderr
-    port = free_port()
-    process = gunicorn(env, port, workers=2)
-    try:
-        wait_for_port(port, timeout=20)
-        for _ in range(20):  # a new connection each: both workers serve some
-            requests.get(f"http://127.0.0.1:{port}/healthz", headers={"Connection": "close"})
-        metrics = requests.get(f"http://127.0.0.1:{port}/metrics").text
-        healthz = [
-            line
-            for line in metrics.splitlines()
-            if line.startswith('iot_http_requests_total{endpoint="/healthz"')
-        ]
-        assert healthz and float(healthz[0].split()[-1]) == 20.0, healthz
-        response = requests.get(
-            f"http://127.0.0.1:{port}/healthz", headers={"X-Request-ID": "req-42"}
-        )
-        assert response.json() == {"c": "OK"}
-        assert response.headers["X-Request-ID"] == "req-42"
-        secret = SECRETS["DEVICE_MASTER_SECRET_KEY"]
-        uuid = "0f0e0d0c-0b0a-4908-8706-050403020100"
-        registration = requests.get(
-            f"http://127.0.0.1:{port}/auth/devices/request?uuid={uuid}",
-            headers={"Authorization": f"Bearer {secret}"},
-        )
-        assert registration.json()["c"] == "NOT_REGISTERED"
-    finally:
-        process.terminate()
-        stdout, stderr = process.communicate(timeout=30)
-    records = [json.loads(line) for line in (stdout + stderr).splitlines() if line.startswith("{")]
+    assert registration.json()["c"] == "NOT_REGISTERED"
+    server.stop()
+    records = server.records()
     access = [r for r in records if r.get("logger") == "access"]
     assert any(r["path"] == "/healthz" and r["request_id"] == "req-42" for r in access)
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
-    assert secret not in stdout + stderr
+    assert MASTER_SECRET not in server.output()
 
 
-def test_gunicorn_own_errors_are_json_not_html(tmp_path):
+@pytest.mark.slow
+def test_gunicorn_own_errors_are_json_not_html(start_gunicorn):
     """Requests gunicorn rejects before the app (huge request line, huge header)."""
     import requests
 
-    env = {**base_env(tmp_path), **SECRETS}
-    port = free_port()
-    process = gunicorn(env, port)
-    try:
-        wait_for_port(port, timeout=20)
-        base = f"http://127.0.0.1:{port}"
-        long_line = requests.get(f"{base}/auth/devices/request?uuid={'x' * 9000}")
-        assert long_line.status_code == 414
-        assert long_line.headers["Content-Type"] == "application/json"
-        assert long_line.json()["c"] == "TOO_LARGE"
-        big_header = requests.get(f"{base}/healthz", headers={"X-Big": "y" * 9000})
-        assert big_header.status_code == 431
-        assert big_header.json()["c"] == "TOO_LARGE"
-        assert requests.get(f"{base}/healthz").json() == {"c": "OK"}
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
+    base = start_gunicorn(workers=1).url
+    long_line = requests.get(f"{base}/auth/devices/request?uuid={'x' * 9000}")
+    assert long_line.status_code == 414
+    assert long_line.headers["Content-Type"] == "application/json"
+    assert long_line.json()["c"] == "TOO_LARGE"
+    big_header = requests.get(f"{base}/healthz", headers={"X-Big": "y" * 9000})
+    assert big_header.status_code == 431
+    assert big_header.json()["c"] == "TOO_LARGE"
+    assert requests.get(f"{base}/healthz").json() == {"c": "OK"}

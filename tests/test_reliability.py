@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 import uuid as uuidlib
@@ -28,11 +26,13 @@ import requests
 from conftest import (
     MASTER_SECRET,
     MQTT_SECRET,
-    ROOT,
     PrivateMosquitto,
     RedisServer,
     TcpProxy,
+    pinger_env,
+    pinger_process,
     service_unavailable,
+    wait_until,
 )
 from paho.mqtt.enums import CallbackAPIVersion
 from reliability_kit import (
@@ -274,16 +274,6 @@ class Load:
             return [s for s in self.samples if s.started >= moment]
 
 
-def wait_for(predicate, timeout: float, step: float = 0.1) -> bool:
-    """Poll until `predicate()` is true or the timeout passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
 def unexpected(samples: list[Sample]) -> list[tuple]:
     """Answers outside the contract (5xx other than the outage's 503, HTML, resets)."""
     return [(s.probe, s.status, s.body) for s in samples if s.verdict is None]
@@ -323,13 +313,13 @@ def test_postgres_outage_is_503_or_deny_then_recovers_without_restart(
     try:
         with Load(server.url, probes_for(device, owner_token)) as load:
             started = time.monotonic()
-            assert wait_for(lambda: settled_up(load, started, 2.0), 30), unexpected(load.samples)
+            assert wait_until(lambda: settled_up(load, started, 2.0), 30), unexpected(load.samples)
             cut = time.monotonic()
             proxy.cut()
             time.sleep(4)
             restored = time.monotonic()
             proxy.start()
-            assert wait_for(lambda: settled_up(load, restored, 3.0), 40), "did not recover"
+            assert wait_until(lambda: settled_up(load, restored, 3.0), 40), "did not recover"
         samples = load.samples
     finally:
         proxy.stop()
@@ -424,21 +414,21 @@ def test_redis_outage_keeps_serving_says_so_and_returns_to_redis(start_gunicorn,
         workers = running_workers(server, 2)
         probes = [p for p in probes_for(device, owner_token) if p.name in LIMITED_PROBES]
         with Load(server.url, probes) as load:
-            assert wait_for(lambda: len(redis.keys()) > 0, 20), "the limiter never used Redis"
+            assert wait_until(lambda: len(redis.keys()) > 0, 20), "the limiter never used Redis"
             killed = time.monotonic()
             redis.kill()
-            assert wait_for(lambda: limiter_logs(server)[0] > 0, 20), "no log line"
+            assert wait_until(lambda: limiter_logs(server)[0] > 0, 20), "no log line"
             time.sleep(3)
             restarted = time.monotonic()
             redis.start()  # same port, empty
-            assert wait_for(lambda: len(redis.keys()) > 0, 60), "the limiter never came back"
+            assert wait_until(lambda: len(redis.keys()) > 0, 60), "the limiter never came back"
             back_in_redis = time.monotonic() - restarted
         samples = load.samples
         # Every worker back: requests on fresh connections, which the kernel spreads over
         # both workers, are all counted in Redis. (Counting log lines cannot tell: two
         # threads of one worker may both log the loss.) flask-limiter re-checks a dead
         # storage with backoff, at most 32 s apart.
-        assert wait_for(lambda: every_request_counted(server, redis), 90), "a worker stayed out"
+        assert wait_until(lambda: every_request_counted(server, redis), 90), "a worker stayed out"
         all_back = time.monotonic() - restarted
     finally:
         redis.kill()
@@ -531,26 +521,6 @@ class PingingDevice:
         self.client.loop_stop()
 
 
-def pinger_process(broker_port: int, database_url: str) -> subprocess.Popen:
-    """`python -m iot_server.pinger` as deployed, with JSON logs on stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IOT_", "MQTT_"))}
-    env.update(
-        IOT_ENV="development",
-        LOG_FORMAT="json",
-        DATABASE_URL=database_url,
-        MQTT_SECRET_KEY=MQTT_SECRET,
-        MQTT_BROKER_URL=f"mqtt://127.0.0.1:{broker_port}",
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "iot_server.pinger"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_broker_restart_under_the_pinger_leaves_no_ping_unanswered(tmp_path):
     """kill -9 the broker while 40 devices ping; once the pinger has resubscribed, every
     PING gets exactly one PONG."""
@@ -563,24 +533,31 @@ def test_broker_restart_under_the_pinger_leaves_no_ping_unanswered(tmp_path):
     Device.metadata.create_all(engine)
     engine.dispose()
     broker = PrivateMosquitto().start()
-    pinger = pinger_process(broker.port, database_url)
+    pinger = pinger_process(
+        pinger_env(
+            LOG_FORMAT="json",
+            DATABASE_URL=database_url,
+            MQTT_BROKER_URL=f"mqtt://127.0.0.1:{broker.port}",
+        ),
+        stdout=subprocess.DEVNULL,
+    )
     fleet = [PingingDevice(broker.port) for _ in range(40)]
     stop = threading.Event()
     threads = [threading.Thread(target=d.run, args=(stop,), daemon=True) for d in fleet]
     try:
         for thread in threads:
             thread.start()
-        assert wait_for(lambda: all(d.pongs for d in fleet), 30), "pinger never answered"
+        assert wait_until(lambda: all(d.pongs for d in fleet), 30), "pinger never answered"
         time.sleep(1)
         killed = time.monotonic()
         broker.kill()
         time.sleep(1)
         broker.start()  # same port, a fresh broker with no sessions
         restarted = time.monotonic()
-        assert wait_for(lambda: any(p > restarted for d in fleet for p in d.pongs), 30)
+        assert wait_until(lambda: any(p > restarted for d in fleet for p in d.pongs), 30)
         # The first PONG through the new broker proves the pinger has resubscribed.
         ready = min(p for d in fleet for p in d.pongs if p > restarted)
-        assert wait_for(
+        assert wait_until(
             lambda: all(sum(s > max(ready, d.subscribed_at) for s in d.sent) >= 10 for d in fleet),
             60,
         ), "devices did not resume pinging"

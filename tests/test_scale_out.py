@@ -38,6 +38,8 @@ from conftest import (
     Devices,
     GunicornServer,
     new_uuid,
+    pinger_process,
+    seconds_until,
     server_env,
 )
 from paho.mqtt.enums import CallbackAPIVersion
@@ -165,16 +167,6 @@ def goauth_acl(server, uuid: str, clientid: str, topic: str) -> bool:
     """go-auth's topic hook (acc 2, write): granted?"""
     body = {"username": f"device_{uuid}", "clientid": clientid, "topic": topic, "acc": 2}
     return requests.post(server.url + "/mosquitto/acl", json=body, timeout=10).status_code == 200
-
-
-def seconds_until(predicate, timeout: float, step: float = 0.05) -> float:
-    """Poll `predicate()` until true; how long it took (AssertionError after `timeout`)."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"still not true after {timeout} s")
-        time.sleep(step)
-    return time.monotonic() - started
 
 
 def test_auth_rate_limit_is_one_bucket_across_instances(instances):
@@ -348,14 +340,7 @@ class Replica:
     STATS = re.compile(r"stats (\{.*\})")
 
     def __init__(self, env: dict[str, str]):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "iot_server.pinger", "--stats-interval", "1"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self.process = pinger_process(env, "--stats-interval", "1", stdout=subprocess.DEVNULL)
         self.stats: dict = {}
         self.lines: list[str] = []
         self.subscribed = threading.Event()

@@ -1,16 +1,9 @@
 """GET /auth/devices/request: every result code, bad input, and the secret-first rule."""
 
 import pytest
-from conftest import AGENT_SECRET, MASTER_SECRET, new_uuid
+from conftest import AGENT_SECRET, MASTER_SECRET, new_uuid, request_token
 
 URL = "/auth/devices/request"
-
-
-def request_token(client, uuid, secret=MASTER_SECRET, ip="10.0.0.1"):
-    """Call the registration endpoint as a device would."""
-    headers = {"Authorization": f"Bearer {secret}"} if secret is not None else {}
-    query = f"?uuid={uuid}" if uuid is not None else ""
-    return client.get(URL + query, headers=headers, environ_base={"REMOTE_ADDR": ip})
 
 
 def test_unknown_master_is_created_and_not_registered(client, devices):

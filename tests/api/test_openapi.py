@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from conftest import AGENT_SECRET, MASTER_SECRET, new_uuid
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
-from iot_server import tokens
 from iot_server.api.openapi import DOCUMENT, METHODS
-from iot_server.extensions import db
-from iot_server.models import Owner
 
 #: The routes SPEC.md names, so the document fails this test if it drifts from the contract
 #: even while a blueprint is missing from the app.
@@ -164,17 +160,8 @@ def test_docs_page_lists_every_operation_offline(client):
 # ---------------------------------------------------------------- the code answers as documented
 
 
-@pytest.fixture
-def owner_headers(app, devices):
-    """Alice's owner token."""
-    devices.owner("alice")
-    with app.app_context():
-        owner = db.session.execute(db.select(Owner).filter_by(username="alice")).scalar_one()
-        return {"Authorization": "Bearer " + tokens.issue_owner_token(owner)}
-
-
-def test_owner_api_answers_as_documented(client, devices, owner_headers):
-    h = owner_headers
+def test_owner_api_answers_as_documented(client, devices):
+    h = devices.owner_headers()
     master, agent = new_uuid(), new_uuid()
     cases = [
         (

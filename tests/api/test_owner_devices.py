@@ -7,7 +7,7 @@ and path parameter is validated, and every way of losing a device revokes its to
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import AGENT_SECRET, MASTER_SECRET, new_uuid
+from conftest import AGENT_SECRET, MASTER_SECRET, new_uuid, request_token
 from flask_jwt_extended import create_access_token
 
 from iot_server import tokens
@@ -17,44 +17,16 @@ from iot_server.models import Device, Owner
 OTHER = "01234567-89ab-cdef-0123-456789abcdef"
 
 
-class Owners:
-    """Owner accounts and their tokens, made directly (no argon2 cost per test)."""
-
-    def __init__(self, app, devices):
-        self.app = app
-        self.devices = devices
-
-    def token(self, username: str = "alice") -> str:
-        """An owner token for `username`, creating the account when missing."""
-        with self.app.app_context():
-            owner = db.session.execute(db.select(Owner).filter_by(username=username)).scalar()
-            if owner is None:
-                owner = Owner(username=username, password_hash="x")
-                db.session.add(owner)
-                db.session.commit()
-            return tokens.issue_owner_token(owner)
-
-    def headers(self, username: str = "alice") -> dict:
-        """`Authorization` for `username`."""
-        return {"Authorization": f"Bearer {self.token(username)}"}
-
-
 @pytest.fixture
-def owners(app, devices) -> Owners:
-    """Owner tokens."""
-    return Owners(app, devices)
-
-
-@pytest.fixture
-def alice(owners) -> dict:
+def alice(devices) -> dict:
     """Alice's headers."""
-    return owners.headers("alice")
+    return devices.owner_headers("alice")
 
 
 @pytest.fixture
-def bob(owners) -> dict:
+def bob(devices) -> dict:
     """Bob's headers (the other owner)."""
-    return owners.headers("bob")
+    return devices.owner_headers("bob")
 
 
 def set_last_seen(app, uuid, moment):
@@ -62,15 +34,6 @@ def set_last_seen(app, uuid, moment):
     with app.app_context():
         db.session.get(Device, uuid).last_seen_at = moment
         db.session.commit()
-
-
-def register_device(client, uuid, secret):
-    """A device's registration call."""
-    return client.get(
-        f"/auth/devices/request?uuid={uuid}",
-        headers={"Authorization": f"Bearer {secret}"},
-        environ_base={"REMOTE_ADDR": f"10.2.0.{hash(uuid) % 250 + 1}"},
-    )
 
 
 # ---------------------------------------------------------------- list and show
@@ -184,9 +147,9 @@ def test_malformed_path_uuid_is_bad_request(client, devices, alice, bad):
 # ---------------------------------------------------------------- owner token
 
 
-def expired_owner_token(app, owners) -> str:
+def expired_owner_token(app, devices) -> str:
     """An owner token that expired a minute ago."""
-    owners.token("alice")
+    devices.owner_token("alice")
     with app.app_context():
         owner = db.session.execute(db.select(Owner).filter_by(username="alice")).scalar_one()
         return create_access_token(
@@ -212,24 +175,24 @@ ROUTES = [
 @pytest.mark.parametrize(
     "authorization", ["none", "garbage", "basic", "device", "expired", "forged", "deleted"]
 )
-def test_bad_owner_token_is_forbidden(app, client, devices, owners, method, path, authorization):
+def test_bad_owner_token_is_forbidden(app, client, devices, method, path, authorization):
     master = devices.master()
     if authorization == "none":
         headers = {}
     elif authorization == "garbage":
         headers = {"Authorization": "Bearer not.a.token"}
     elif authorization == "basic":
-        headers = {"Authorization": "Basic " + owners.token()}
+        headers = {"Authorization": "Basic " + devices.owner_token()}
     elif authorization == "device":
         headers = {"Authorization": "Bearer " + devices.token(master)}
     elif authorization == "expired":
-        headers = {"Authorization": "Bearer " + expired_owner_token(app, owners)}
+        headers = {"Authorization": "Bearer " + expired_owner_token(app, devices)}
     elif authorization == "forged":
-        other = owners.token().split(".")
+        other = devices.owner_token().split(".")
         other[2] = other[2][::-1]
         headers = {"Authorization": "Bearer " + ".".join(other)}
     else:
-        headers = owners.headers("carol")
+        headers = devices.owner_headers("carol")
         with app.app_context():
             db.session.execute(db.delete(Owner).filter_by(username="carol"))
             db.session.commit()
@@ -240,8 +203,8 @@ def test_bad_owner_token_is_forbidden(app, client, devices, owners, method, path
         assert db.session.get(Device, OTHER) is None
 
 
-def test_owner_token_is_refused_by_mqtt_and_registration(client, owners):
-    headers = owners.headers()
+def test_owner_token_is_refused_by_mqtt_and_registration(client, devices):
+    headers = devices.owner_headers()
     assert client.get("/mqtt", headers=headers).status_code == 403
     response = client.get(f"/auth/devices/request?uuid={OTHER}", headers=headers)
     assert response.status_code == 403
@@ -315,21 +278,23 @@ def test_rename_body_over_64_kb_is_too_large(client, devices, alice):
 # ---------------------------------------------------------------- claim and release
 
 
-def test_claim_unknown_uuid_creates_the_master(client, devices, alice):
+def test_claim_unknown_uuid_creates_the_master(app, client, devices, alice):
     uuid = new_uuid()
     response = client.post(f"/devices/{uuid.upper()}/claim", headers=alice)
     assert response.status_code == 201
     assert response.get_json()["device"]["uuid"] == uuid
     assert response.get_json()["device"]["kind"] == "master"
-    assert devices.get(uuid).owner_id is not None
+    with app.app_context():
+        alice_id = db.session.execute(db.select(Owner.id).filter_by(username="alice")).scalar()
+    assert devices.get(uuid).owner_id == alice_id
 
 
 def test_claim_existing_master_then_again(client, devices, alice):
     uuid = devices.master(registered=False)
-    assert register_device(client, uuid, MASTER_SECRET).status_code == 401
+    assert request_token(client, uuid, MASTER_SECRET).status_code == 401
     assert client.post(f"/devices/{uuid}/claim", headers=alice).status_code == 200
     assert client.post(f"/devices/{uuid}/claim", headers=alice).status_code == 200
-    assert register_device(client, uuid, MASTER_SECRET).status_code == 200
+    assert request_token(client, uuid, MASTER_SECRET).status_code == 200
 
 
 def test_claim_an_agent_is_bad_request(client, devices, alice):
@@ -357,8 +322,8 @@ def test_release_unlinks_agents_and_revokes_all(client, devices, alice, bob):
     assert unlinked.master_uuid is None and unlinked.token_version == 2
     for token in (master_token, agent_token):
         assert client.get("/mqtt", headers={"Authorization": f"Bearer {token}"}).status_code == 403
-    assert register_device(client, master, MASTER_SECRET).status_code == 401
-    assert register_device(client, agent, AGENT_SECRET).status_code == 401
+    assert request_token(client, master, MASTER_SECRET).status_code == 401
+    assert request_token(client, agent, AGENT_SECRET).status_code == 401
     assert client.get("/devices", headers=alice).get_json()["devices"] == []
     # Released, it is free for another owner.
     assert client.post(f"/devices/{master}/claim", headers=bob).status_code == 200
@@ -380,7 +345,7 @@ def test_link_unknown_agent_creates_it(client, devices, alice):
     device = response.get_json()["device"]
     assert device["uuid"] == agent and device["kind"] == "agent" and device["master"] == master
     assert client.get(f"/devices/{master}", headers=alice).get_json()["device"]["agents"] == [agent]
-    assert register_device(client, agent, AGENT_SECRET).status_code == 200
+    assert request_token(client, agent, AGENT_SECRET).status_code == 200
 
 
 def test_link_existing_agent_then_again(client, devices, alice):
@@ -420,7 +385,7 @@ def test_unlink_revokes_the_agent(client, devices, alice):
     assert devices.get(agent).token_version == 2
     assert devices.get(master).token_version == 1
     assert client.get("/mqtt", headers={"Authorization": f"Bearer {token}"}).status_code == 403
-    assert register_device(client, agent, AGENT_SECRET).status_code == 401
+    assert request_token(client, agent, AGENT_SECRET).status_code == 401
     # Not linked any more: a second unlink finds nothing.
     assert client.delete(f"/devices/{master}/agents/{agent}", headers=alice).status_code == 404
 
@@ -449,7 +414,7 @@ def test_revoke_invalidates_tokens_but_keeps_registration(client, devices, alice
     assert response.get_json()["device"]["uuid"] == master
     assert devices.get(master).token_version == 2
     assert client.get("/mqtt", headers={"Authorization": f"Bearer {old}"}).status_code == 403
-    fresh = register_device(client, master, MASTER_SECRET).get_json()["t"]
+    fresh = request_token(client, master, MASTER_SECRET).get_json()["t"]
     assert client.get("/mqtt", headers={"Authorization": f"Bearer {fresh}"}).status_code == 200
 
 
@@ -469,11 +434,11 @@ def test_owner_flow_end_to_end_and_isolation(client, devices):
     assert register(client, "owner.one").status_code == 201
     headers = {"Authorization": "Bearer " + login(client, "owner.one").get_json()["t"]}
     master, agent = new_uuid(), new_uuid()
-    assert register_device(client, master, MASTER_SECRET).status_code == 401
+    assert request_token(client, master, MASTER_SECRET).status_code == 401
     assert client.post(f"/devices/{master}/claim", headers=headers).status_code == 200
     assert client.put(f"/devices/{master}/agents/{agent}", headers=headers).status_code == 201
     for uuid, secret in ((master, MASTER_SECRET), (agent, AGENT_SECRET)):
-        token = register_device(client, uuid, secret).get_json()["t"]
+        token = request_token(client, uuid, secret).get_json()["t"]
         response = client.get("/mqtt", headers={"Authorization": f"Bearer {token}"})
         assert response.get_json()["c"] == "OK"
     listed = client.get("/devices", headers=headers).get_json()["devices"]
@@ -522,12 +487,12 @@ def test_devices_use_the_default_rate_limit(database, devices):
         db.engine.dispose()
 
 
-def test_database_outage_is_503(app, owners):
+def test_database_outage_is_503(app, devices):
     from conftest import free_port
 
     from iot_server import create_app
 
-    headers = owners.headers()
+    headers = devices.owner_headers()
     url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none"
     down = create_app({"SQLALCHEMY_DATABASE_URI": url}).test_client()
     for response in (

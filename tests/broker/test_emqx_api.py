@@ -18,7 +18,7 @@ from conftest import free_port
 
 from iot_server.broker import emqx_api
 from iot_server.extensions import db
-from iot_server.models import Device, Owner
+from iot_server.models import Device
 
 KEY, SECRET = "api-key", "api-secret"
 
@@ -166,15 +166,6 @@ def test_unconfigured_api_is_not_called(app, emqx, missing):
 # ---------------------------------------------------------------- through the owner API
 
 
-def owner_headers(app) -> dict:
-    """Alice's owner token (the `devices` factory creates her with her first master)."""
-    from iot_server import tokens
-
-    with app.app_context():
-        owner = db.session.execute(db.select(Owner).filter_by(username="alice")).scalar_one()
-        return {"Authorization": "Bearer " + tokens.issue_owner_token(owner)}
-
-
 def remember_session(app, uuid, client_id):
     """Record a client id as the broker hooks do when they authenticate a device."""
     with app.app_context():
@@ -191,12 +182,16 @@ def test_revoke_kicks_the_remembered_session(app, client, devices, emqx):
     master = devices.master()
     remember_session(app, master, "esp-master")
     emqx.connected.add("esp-master")
-    assert client.post(f"/devices/{master}/revoke", headers=owner_headers(app)).status_code == 200
+    assert (
+        client.post(f"/devices/{master}/revoke", headers=devices.owner_headers()).status_code == 200
+    )
     assert kicked(emqx) == ["esp-master"]
     assert "esp-master" not in emqx.connected
     assert devices.get(master).mqtt_client_id is None
     # Nothing remembered any more: a second revoke calls nobody.
-    assert client.post(f"/devices/{master}/revoke", headers=owner_headers(app)).status_code == 200
+    assert (
+        client.post(f"/devices/{master}/revoke", headers=devices.owner_headers()).status_code == 200
+    )
     assert kicked(emqx) == ["esp-master"]
 
 
@@ -205,7 +200,10 @@ def test_release_kicks_master_and_agents(app, client, devices, emqx):
     agent = devices.agent(master=master)
     remember_session(app, master, "esp-master")
     remember_session(app, agent, "esp-agent")
-    assert client.delete(f"/devices/{master}/claim", headers=owner_headers(app)).status_code == 200
+    assert (
+        client.delete(f"/devices/{master}/claim", headers=devices.owner_headers()).status_code
+        == 200
+    )
     assert sorted(kicked(emqx)) == ["esp-agent", "esp-master"]
 
 
@@ -215,7 +213,7 @@ def test_unlink_kicks_the_agent_and_refreshes_the_master(app, client, devices, e
     remember_session(app, master, "esp-master")
     remember_session(app, agent, "esp-agent")
     url = f"/devices/{master}/agents/{agent}"
-    assert client.delete(url, headers=owner_headers(app)).status_code == 200
+    assert client.delete(url, headers=devices.owner_headers()).status_code == 200
     # The master reconnects so EMQX takes a new ACL snapshot without the agent's topic.
     assert sorted(kicked(emqx)) == ["esp-agent", "esp-master"]
     assert devices.get(master).mqtt_client_id == "esp-master"
@@ -225,7 +223,7 @@ def test_link_refreshes_the_master_session(app, client, devices, emqx):
     master = devices.master()
     remember_session(app, master, "esp-master")
     url = f"/devices/{master}/agents/{devices.agent()}"
-    assert client.put(url, headers=owner_headers(app)).status_code == 200
+    assert client.put(url, headers=devices.owner_headers()).status_code == 200
     assert kicked(emqx) == ["esp-master"]
 
 
@@ -233,6 +231,6 @@ def test_emqx_down_does_not_fail_the_revoke(app, client, devices):
     app.config["EMQX_API_URL"] = f"http://127.0.0.1:{free_port()}"
     master = devices.master()
     remember_session(app, master, "esp-master")
-    response = client.post(f"/devices/{master}/revoke", headers=owner_headers(app))
+    response = client.post(f"/devices/{master}/revoke", headers=devices.owner_headers())
     assert response.status_code == 200
     assert devices.get(master).token_version == 2

@@ -19,10 +19,6 @@ import pytest
 from conftest import MQTT_SECRET
 from paho.mqtt.enums import CallbackAPIVersion
 
-from iot_server import tokens
-from iot_server.extensions import db
-from iot_server.models import Owner
-
 pytestmark = pytest.mark.slow
 
 CACHE_TTL = 1
@@ -94,13 +90,6 @@ def clients():
         client.close()
 
 
-def owner_headers(app) -> dict:
-    """Alice's owner token."""
-    with app.app_context():
-        owner = db.session.execute(db.select(Owner).filter_by(username="alice")).scalar_one()
-        return {"Authorization": "Bearer " + tokens.issue_owner_token(owner)}
-
-
 def connected_pair(amqtt_broker, clients, devices, uuid):
     """The service account listening on the device's data topic, and the device connected."""
     service = Mqtt(amqtt_broker.port, "iot-server", MQTT_SECRET)
@@ -141,7 +130,7 @@ def test_revoke_stops_a_connected_device(app, devices, amqtt_broker, clients):
     master = devices.master()
     service, device, token = connected_pair(amqtt_broker, clients, devices, master)
     assert_delivered(service, device, master)
-    response = app.test_client().post(f"/devices/{master}/revoke", headers=owner_headers(app))
+    response = app.test_client().post(f"/devices/{master}/revoke", headers=devices.owner_headers())
     assert response.status_code == 200
     assert_cut_off(service, device, master, token, amqtt_broker, clients)
 
@@ -150,7 +139,7 @@ def test_release_stops_a_connected_master(app, devices, amqtt_broker, clients):
     master = devices.master()
     service, device, token = connected_pair(amqtt_broker, clients, devices, master)
     assert_delivered(service, device, master)
-    response = app.test_client().delete(f"/devices/{master}/claim", headers=owner_headers(app))
+    response = app.test_client().delete(f"/devices/{master}/claim", headers=devices.owner_headers())
     assert response.status_code == 200
     assert_cut_off(service, device, master, token, amqtt_broker, clients)
 
@@ -161,5 +150,5 @@ def test_unlink_stops_a_connected_agent(app, devices, amqtt_broker, clients):
     service, device, token = connected_pair(amqtt_broker, clients, devices, agent)
     assert_delivered(service, device, agent)
     url = f"/devices/{master}/agents/{agent}"
-    assert app.test_client().delete(url, headers=owner_headers(app)).status_code == 200
+    assert app.test_client().delete(url, headers=devices.owner_headers()).status_code == 200
     assert_cut_off(service, device, agent, token, amqtt_broker, clients)

@@ -7,10 +7,7 @@ Intervals are shortened (re-PING every 0.3 s, flush every 0.2 s) so the file run
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid as uuidlib
@@ -20,9 +17,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from conftest import (
     MQTT_SECRET,
-    ROOT,
     free_port,
     new_uuid,
+    pinger_env,
+    pinger_process,
+    wait_until,
 )
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import create_engine
@@ -73,16 +72,6 @@ def start_pinger(app):
     for running in started:
         running.stop()
     engine.dispose()
-
-
-def wait_until(predicate, timeout: float = 5.0, step: float = 0.05) -> bool:
-    """Poll until `predicate()` is true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def retained_on(port: int, topic: str) -> list[bytes]:
@@ -267,29 +256,11 @@ def test_database_outage_keeps_pending_and_retries(tmp_path):
 # ---------------------------------------------------------------- the process
 
 
-def pinger_env(**extra) -> dict:
-    """The environment of `python -m iot_server.pinger` in these tests."""
-    env = {k: v for k, v in os.environ.items() if k not in ("IOT_ENV", "MQTT_SHARED_GROUP")}
-    env.update(IOT_ENV="development", MQTT_SECRET_KEY=MQTT_SECRET, **extra)
-    return env
-
-
-def start_process(env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "iot_server.pinger"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_process_flushes_on_sigterm_and_exits_zero(
     private_mosquitto, fake_devices, devices, app_config
 ):
     uuid = devices.master()
-    process = start_process(
+    process = pinger_process(
         pinger_env(
             DATABASE_URL=app_config["SQLALCHEMY_DATABASE_URI"],
             MQTT_BROKER_URL=f"mqtt://127.0.0.1:{private_mosquitto.port}",
@@ -312,7 +283,7 @@ def test_process_flushes_on_sigterm_and_exits_zero(
 
 
 def test_process_stops_while_the_broker_is_unreachable():
-    process = start_process(pinger_env(MQTT_BROKER_URL=f"mqtt://127.0.0.1:{free_port()}"))
+    process = pinger_process(pinger_env(MQTT_BROKER_URL=f"mqtt://127.0.0.1:{free_port()}"))
     try:
         time.sleep(1.5)  # inside paho's reconnect backoff
         started = time.monotonic()
@@ -325,18 +296,11 @@ def test_process_stops_while_the_broker_is_unreachable():
 
 
 def test_process_refuses_to_start_without_the_service_password():
-    env = {k: v for k, v in os.environ.items() if k not in ("IOT_ENV", "MQTT_SECRET_KEY")}
-    result = subprocess.run(
-        [sys.executable, "-m", "iot_server.pinger"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].count("\n") == 0
-    assert "MQTT_SECRET_KEY" in result.stderr
+    process = pinger_process(pinger_env(MQTT_SECRET_KEY=None))
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert stderr.strip().splitlines() == [stderr.strip()]
+    assert "MQTT_SECRET_KEY" in stderr
 
 
 # ---------------------------------------------------------------- amqtt with the hooks
