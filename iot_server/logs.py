@@ -16,6 +16,9 @@ from flask import Flask, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
 ROOT_LOGGER = "iot_server"
+#: Other libraries whose INFO lines an operator needs: the limiter says when its storage
+#: (Redis) is back, after warning that it was lost.
+INFO_LOGGERS = ("flask-limiter",)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -114,6 +117,7 @@ def logging_config(log_format: str, debug: bool) -> dict:
         "root": {"level": "WARNING", "handlers": ["app"]},
         "loggers": {
             ROOT_LOGGER: {"level": app_log_level(debug)},
+            **{name: {"level": "INFO"} for name in INFO_LOGGERS},
             "gunicorn.error": {"level": "INFO", "handlers": ["app"], "propagate": False},
             "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
         },
@@ -130,6 +134,8 @@ def configure(log_format: str, debug: bool) -> None:
         if root.level == logging.NOTSET or root.level > logging.WARNING:
             root.setLevel(logging.WARNING)
     logging.getLogger(ROOT_LOGGER).setLevel(app_log_level(debug))
+    for name in INFO_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def assign_request_id() -> None:
