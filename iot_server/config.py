@@ -62,9 +62,11 @@ class Config:
         self.LOG_FORMAT = env_str("LOG_FORMAT", self.default_log_format())
 
         self.SQLALCHEMY_DATABASE_URI = database_url(env_str("DATABASE_URL"))
-        # pre_ping replaces connections that died while the database was away,
-        # so the first request after an outage succeeds instead of failing once more.
-        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+        # No pre-ping: it costs a round trip before every checkout (a login would make two).
+        # Connections are replaced after DATABASE_POOL_RECYCLE seconds instead (before a
+        # server or NAT drops them idle), and a read that still meets a dead one is retried
+        # once (errors.retry_read, broker.device_state).
+        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_recycle": env_int("DATABASE_POOL_RECYCLE", 300)}
         # Connections per process (PostgreSQL): instances × workers × (pool + overflow)
         # must stay under the server's max_connections (docs/scaling.md).
         self.DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 5)

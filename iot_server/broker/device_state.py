@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .. import policy
 from ..extensions import db
@@ -53,15 +53,26 @@ _DEVICE_AND_AGENTS = select(
 ).where(or_(_COLUMNS.uuid == bindparam("uuid"), _COLUMNS.master_uuid == bindparam("uuid")))
 
 
+def _read_device_rows(uuid: str) -> list:
+    """The rows of the device and its agents; a stale pooled connection is retried once."""
+    for attempt in (1, 2):
+        try:
+            # One statement, no transaction to open and close: two round trips fewer per
+            # login than a session's BEGIN … ROLLBACK (the hot path of every CONNECT).
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                return conn.execute(_DEVICE_AND_AGENTS, {"uuid": uuid}).all()
+        except DBAPIError as exc:
+            if attempt == 1 and exc.connection_invalidated:
+                continue  # the server dropped it since it was pooled: a fresh one may work
+            raise DatabaseUnavailable(type(exc).__name__) from None
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(type(exc).__name__) from None
+    raise AssertionError("unreachable")
+
+
 def load_device_state(uuid: str) -> DeviceState | None:
     """The device's state and its agents' uuids, read in one query."""
-    try:
-        # One statement, no transaction to open and close: two round trips fewer per
-        # login than a session's BEGIN … ROLLBACK (the hot path of every CONNECT).
-        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            rows = conn.execute(_DEVICE_AND_AGENTS, {"uuid": uuid}).all()
-    except SQLAlchemyError as exc:
-        raise DatabaseUnavailable(type(exc).__name__) from None
+    rows = _read_device_rows(uuid)
     device = next((row for row in rows if row.uuid == uuid), None)
     if device is None:
         return None
