@@ -34,6 +34,9 @@ class Presence:
     interval (index range scans), not the whole fleet. The table lives in SQLite's own
     pages, not in millions of small Python objects: memory grows by about 60 bytes a device
     and is returned when devices go offline.
+
+    `seen()` runs for every message, so it only notes the time in a small dict; the notes
+    reach the table in one `executemany` before anything reads it (a sweep, once a tick).
     """
 
     def __init__(self, interval: float = 15.0, max_misses: int = 3) -> None:
@@ -46,17 +49,26 @@ class Presence:
             "CREATE TABLE presence (key BLOB PRIMARY KEY, last REAL NOT NULL) WITHOUT ROWID;"
             "CREATE INDEX presence_last ON presence (last);"
         )
+        self._recent: dict[str, float] = {}
 
     def __len__(self) -> int:
+        self._apply_recent()
         return self._db.execute("SELECT count(*) FROM presence").fetchone()[0]
 
     def seen(self, uuid: str, now: float) -> None:
         """The device sent a PING or a PONG at `now`: it is online, its misses are forgiven."""
-        self._db.execute(_UPSERT, (pack_uuid(uuid), now))
+        self._recent[uuid] = now
 
     def heard_elsewhere(self, uuid: str, at: float) -> None:
         """Another replica heard the device at `at`: counts as seen unless heard later here."""
+        self._apply_recent()
         self._db.execute(_UPSERT_LATER, (pack_uuid(uuid), at))
+
+    def _apply_recent(self) -> None:
+        """Write the times noted by `seen()` since the last read, in one statement."""
+        if self._recent:
+            recent, self._recent = self._recent, {}
+            self._db.executemany(_UPSERT, [(pack_uuid(u), at) for u, at in recent.items()])
 
     def sweep(self, now: float) -> tuple[list[str], list[str]]:
         """Advance to `now`: the devices to PING, and those that just went offline.
@@ -66,6 +78,7 @@ class Presence:
         those heard in (previous - k·interval, now - k·interval]. Silent for more than
         max_misses intervals: offline, and forgotten.
         """
+        self._apply_recent()
         previous, self._swept = self._swept, now
         interval, limit = self.interval, self.max_misses
         gone = now - (limit + 1) * interval
@@ -80,6 +93,7 @@ class Presence:
     def postpone_all(self, now: float) -> None:
         """Restart every device's clock at `now` (after a broker outage nobody could be
         heard, so silence during it is no miss)."""
+        self._apply_recent()
         self._db.execute("UPDATE presence SET last = ?", (now,))
 
 
