@@ -13,6 +13,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// The library version (library.properties), sent as the HTTP User-Agent.
+#define SMSERVER_VERSION "1.1.0"
+
+// A string literal that only printf-style functions read (log formats, and
+// texts printed with %s). The ESP8266 keeps .rodata in RAM but its printf
+// reads flash, so there such literals go to flash; elsewhere nothing changes.
+// Never pass one to strcmp, strlen or Print.
+#if defined(ARDUINO) && defined(ESP8266)
+#include <pgmspace.h>
+#define SM_PSTR(text) PSTR(text)
+#else
+#define SM_PSTR(text) (text)
+#endif
+
 namespace smserver {
 
 /** Monotonic milliseconds, wrapping at 2^32 like Arduino's millis(). */
@@ -20,6 +34,16 @@ class Clock {
  public:
   virtual ~Clock() {}
   virtual uint32_t millis() = 0;
+};
+
+/** Why no HTTP status came back: HttpClient::get() returns one of these. */
+enum HttpError {
+  kHttpErrorDns = -1,       // the server's name did not resolve in time
+  kHttpErrorConnect = -2,   // TCP connect refused or timed out
+  kHttpErrorTls = -3,       // TLS handshake failed (trust, clock, buffer size)
+  kHttpErrorTimeout = -4,   // connected, but no complete answer in time
+  kHttpErrorProtocol = -5,  // the answer is not HTTP/1.x
+  kHttpErrorMemory = -6     // not enough heap for the connection
 };
 
 /** One blocking HTTP GET at a time (bounded by the adapter's timeout). */
