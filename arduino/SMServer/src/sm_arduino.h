@@ -76,6 +76,8 @@ class EepromStorage : public ByteStorage {
  public:
   explicit EepromStorage(size_t size) : size_(size) {}
   void begin();
+  bool open() { return true; }  // begin() opened it for good
+  void close() {}
   size_t size() { return size_; }
   uint8_t read(size_t address);
   void write(size_t address, uint8_t value);

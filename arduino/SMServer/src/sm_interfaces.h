@@ -105,23 +105,45 @@ class MqttClient {
   virtual void disconnect() = 0;
 };
 
-/** String values by short string keys; survives reboots. */
+/** One key and its value, for KeyValueStore::putAll(). */
+struct KeyValue {
+  const char* key;
+  const char* value;
+};
+
+/**
+ * String values by short string keys; survives reboots. Every write may cost
+ * a flash sector erase, so implementations persist only bytes that changed.
+ */
 class KeyValueStore {
  public:
   virtual ~KeyValueStore() {}
   /** True and `out` filled when the key exists and fits in outSize-1 bytes. */
   virtual bool get(const char* key, char* out, size_t outSize) = 0;
-  virtual bool put(const char* key, const char* value) = 0;
+  /** Writes every pair, then persists once, and only if a byte changed. */
+  virtual bool putAll(const KeyValue* pairs, size_t count) = 0;
+  bool put(const char* key, const char* value) {
+    KeyValue pair = {key, value};
+    return putAll(&pair, 1);
+  }
   virtual bool remove(const char* key) = 0;
 };
 
-/** A byte array that persists after commit(): the ESP8266 EEPROM emulation. */
+/**
+ * A byte array that persists after commit(): the ESP8266 EEPROM emulation.
+ * Reads and writes happen between open() and close(), so an adapter may keep
+ * its RAM copy only while the store works.
+ */
 class ByteStorage {
  public:
   virtual ~ByteStorage() {}
+  /** False when the storage cannot be used now (nothing is read or written). */
+  virtual bool open() = 0;
+  virtual void close() = 0;
   virtual size_t size() = 0;
   virtual uint8_t read(size_t address) = 0;
   virtual void write(size_t address, uint8_t value) = 0;
+  /** Persists the written bytes (on the ESP8266: erases and rewrites a sector). */
   virtual bool commit() = 0;
 };
 

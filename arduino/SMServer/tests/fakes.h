@@ -186,19 +186,40 @@ class FakeMqtt : public smserver::MqttClient {
   int state_ = smserver::kMqttDisconnected;
 };
 
-/** The ESP8266 EEPROM emulation: a RAM image plus a commit counter. */
+/**
+ * The ESP8266 EEPROM emulation: a flash image, and a RAM copy that exists
+ * only between open() and close(). Each commit() would erase a flash sector.
+ */
 class MemoryStorage : public smserver::ByteStorage {
  public:
   explicit MemoryStorage(size_t size = 512, uint8_t fill = 0xFF) : bytes(size, fill) {}
+  bool open() override {
+    if (!available) return false;
+    ++opens;
+    isOpen = true;
+    return true;
+  }
+  void close() override { isOpen = false; }
   size_t size() override { return bytes.size(); }
-  uint8_t read(size_t address) override { return bytes.at(address); }
-  void write(size_t address, uint8_t value) override { bytes.at(address) = value; }
+  uint8_t read(size_t address) override {
+    if (!isOpen) ++accessWhileClosed;
+    return bytes.at(address);
+  }
+  void write(size_t address, uint8_t value) override {
+    if (!isOpen) ++accessWhileClosed;
+    bytes.at(address) = value;
+  }
   bool commit() override {
+    if (!isOpen) ++accessWhileClosed;
     ++commits;
     return true;
   }
   std::vector<uint8_t> bytes;
+  bool available = true;  // false: the sketch holds EEPROM with too few bytes
+  bool isOpen = false;
+  int opens = 0;
   int commits = 0;
+  int accessWhileClosed = 0;
 };
 
 class RecordingLog : public smserver::Log {
