@@ -4,7 +4,7 @@
  * The state machine (sm_client.h) never includes an Arduino header: it reaches
  * time, HTTP, MQTT, storage and logging only through these classes. On the
  * ESP8266 they are implemented by sm_arduino.cpp (millis(), ESP8266HTTPClient,
- * PubSubClient, EEPROM, Serial); the host tests implement them with fakes.
+ * PubSubClient, EEPROM, Serial, NTP); the host tests implement them with fakes.
  * Plain C++11, no exceptions, no heap allocation.
  */
 #ifndef SMSERVER_INTERFACES_H
@@ -46,17 +46,20 @@ enum HttpError {
   kHttpErrorMemory = -6     // not enough heap for the connection
 };
 
-/** One blocking HTTP GET at a time (bounded by the adapter's timeout). */
+/**
+ * One blocking HTTP GET at a time. Each call opens a connection and closes it
+ * before returning, so no TLS session outlives a request.
+ */
 class HttpClient {
  public:
   virtual ~HttpClient() {}
   /**
    * GET `path` (e.g. "/mqtt") with "Authorization: Bearer <bearer>".
-   * Copies at most bodySize-1 bytes of the body into `body`, NUL-terminated.
-   * Sets *retryAfterSeconds to the Retry-After header (delta-seconds form),
-   * or to -1 when the header is absent or unreadable.
-   * Returns the HTTP status, or a negative number when no HTTP answer arrived
-   * (DNS, TCP, TLS or timeout failure).
+   * Reads at most bodySize-1 bytes of body: a body that fits is copied into
+   * `body`, NUL-terminated; a longer one is not read further and `body` is
+   * left empty. Sets *retryAfterSeconds to the Retry-After header
+   * (delta-seconds form), or to -1 when it is absent or unreadable.
+   * Returns the HTTP status, or an HttpError.
    */
   virtual int get(const char* path, const char* bearer, char* body,
                   size_t bodySize, long* retryAfterSeconds) = 0;
@@ -90,7 +93,10 @@ class MqttClient {
  public:
   virtual ~MqttClient() {}
   virtual void setListener(MqttListener* listener) = 0;
-  /** Opens the session (clean session); false with state() telling why. */
+  /**
+   * Opens the session (clean session); false with state() telling why.
+   * `host` stays valid until the next connect(): adapters may keep the pointer.
+   */
   virtual bool connect(const char* host, uint16_t port, const char* clientId,
                        const char* username, const char* password) = 0;
   virtual bool connected() = 0;
@@ -145,6 +151,19 @@ class ByteStorage {
   virtual void write(size_t address, uint8_t value) = 0;
   /** Persists the written bytes (on the ESP8266: erases and rewrites a sector). */
   virtual bool commit() = 0;
+};
+
+/**
+ * The calendar clock, which checking a certificate against a CA needs (NTP on
+ * the device). Used only when some TLS connection trusts a CA.
+ */
+class WallClock {
+ public:
+  virtual ~WallClock() {}
+  /** Starts setting the clock, without waiting; called once. */
+  virtual void start() = 0;
+  /** True once the clock holds a plausible date. */
+  virtual bool isSet() = 0;
 };
 
 /** Where the core's one-line status messages go (Serial on the device). */
