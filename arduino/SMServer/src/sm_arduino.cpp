@@ -282,9 +282,9 @@ bool Esp8266Http::configure(const SMServerConfig& config, TrustMode mode, Serial
   log_ = &log;
   ServerUrl url;
   char head[kRequestHeadSize];
-  if (!parseServerUrl(url_, url) ||
-      formatRequestHead(url, "/auth/devices/request?uuid=123e4567-e89b-12d3-a456-426614174000", head,
-                        sizeof(head)) == 0) {
+  char longestPath[72];  // the registration path with a 36-character uuid
+  snprintf(longestPath, sizeof(longestPath), PSTR("/auth/devices/request?uuid=%036d"), 0);
+  if (!parseServerUrl(url_, url) || formatRequestHead(url, longestPath, head, sizeof(head)) == 0) {
     log.format(PSTR("serverUrl too long: its host and path must fit a %u-byte request head"),
                static_cast<unsigned>(sizeof(head)));
     return false;
