@@ -361,31 +361,36 @@ def test_api_dockerfile():
     assert "curl" not in healthcheck and "wget" not in healthcheck
 
 
-def test_dockerignore_keeps_what_the_image_needs():
-    """The build context keeps the app and drops secrets and history."""
+def dockerignored(path: str) -> bool:
+    """True when .dockerignore leaves `path` out of the API image's build context."""
     patterns = [
         line.strip()
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#") and not line.startswith("!")
     ]
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    return any(fnmatch(prefix, pattern) for pattern in patterns for prefix in prefixes)
 
-    def ignored(path: str) -> bool:
-        parts = path.split("/")
-        prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
-        return any(fnmatch(prefix, pattern) for pattern in patterns for prefix in prefixes)
 
+def test_dockerignore_keeps_what_the_image_needs():
+    """The build context keeps the app and drops secrets, history, and what the app never
+    reads (tests, benchmarks, documentation)."""
     for needed in (
         "requirements.txt",
         "wsgi.py",
         "gunicorn.conf.py",
         "bin/boot",
         "iot_server/__init__.py",
+        "iot_server/api/templates/docs.html",
         "migrations/env.py",
         "migrations/versions/0001.py",
     ):
-        assert not ignored(needed), f"{needed} is excluded from the image"
+        assert not dockerignored(needed), f"{needed} is excluded from the image"
     for secret in (".env", ".git/config", "instance/iot_server.sqlite"):
-        assert ignored(secret), f"{secret} would be copied into the image"
+        assert dockerignored(secret), f"{secret} would be copied into the image"
+    for unused in ("tests/conftest.py", "bench/README.md", "docs/deployment.md"):
+        assert dockerignored(unused), f"{unused} would be copied into the image"
 
 
 # ---------------------------------------------------------------- EMQX
