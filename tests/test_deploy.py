@@ -356,9 +356,83 @@ def test_api_dockerfile():
     assert users and users[-1] not in ("root", "0")
     assert names.index("USER") < names.index("CMD")
 
-    healthcheck = next(args for name, args in instructions if name == "HEALTHCHECK")
-    assert "/healthz" in healthcheck and "PORT" in healthcheck
-    assert "curl" not in healthcheck and "wget" not in healthcheck
+    probe = image_healthcheck()[1]
+    assert probe == ["/app/bin/healthcheck"]
+    script = (ROOT / "bin" / "healthcheck").read_text()
+    assert "/healthz" in script and "PORT" in script
+    assert "curl" not in script and "wget" not in script
+
+
+def image_healthcheck() -> tuple[dict[str, str], list[str]]:
+    """The API image's HEALTHCHECK: its options (`interval` → `10s`) and its exec-form command."""
+    healthchecks = [
+        args for name, args in dockerfile_instructions(ROOT / "Dockerfile") if name == "HEALTHCHECK"
+    ]
+    assert len(healthchecks) == 1, healthchecks
+    options, _, command = healthchecks[0].partition(" CMD ")
+    parsed = dict(re.findall(r"--([a-z-]+)=(\S+)", options))
+    return parsed, exec_form(command)
+
+
+def image_env() -> dict[str, str]:
+    """The API image's ENV values (`ENV A=1 B=2` form)."""
+    env = {}
+    for name, args in dockerfile_instructions(ROOT / "Dockerfile"):
+        if name == "ENV":
+            env.update(item.split("=", 1) for item in shlex.split(args))
+    return env
+
+
+def duration_seconds(value: str) -> float:
+    """A Docker/compose duration such as `10s`, `1m30s`."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", value)
+    assert parts and "".join(n + u for n, u in parts) == value, value
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def test_image_healthcheck_serves_both_roles():
+    """One HEALTHCHECK for the api and the pinger: bin/healthcheck (in the image, executable)
+    probes /healthz or the pinger's heartbeat, written where the app user may write. Its
+    interval is the heartbeat's age limit, so a stuck pinger fails within two intervals."""
+    from iot_server.config import Config
+
+    options, probe = image_healthcheck()
+    instructions = dockerfile_instructions(ROOT / "Dockerfile")
+    workdir = [args for name, args in instructions if name == "WORKDIR"][-1]
+    script = ROOT / Path(probe[0]).relative_to(workdir)
+    assert script == ROOT / "bin" / "healthcheck"
+    assert script.stat().st_mode & stat.S_IXUSR
+    assert not dockerignored("bin/healthcheck")
+    assert script.read_text().startswith("#!/bin/sh\n")
+    assert "python -m iot_server.pinger --check-health" in script.read_text()
+
+    heartbeat = image_env()["PINGER_HEALTH_FILE"]
+    assert Path(heartbeat).parent == Path("/tmp")  # the code is read-only to the app user
+    assert duration_seconds(options["interval"]) == Config().PINGER_HEALTH_MAX_AGE
+    assert duration_seconds(options["timeout"]) < duration_seconds(options["interval"])
+    assert int(options["retries"]) >= 1
+
+
+def test_image_healthcheck_probes_a_real_api(start_gunicorn):
+    """For anything but the pinger (here a real gunicorn), the probe asks /healthz on $PORT:
+    0 and one line while it answers, 1 once it is gone."""
+    server = start_gunicorn(workers=1)
+    env = {
+        **os.environ,
+        "PORT": str(server.port),
+        "IOT_HEALTHCHECK_PID": str(server.process.pid),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+    }
+    probe = [str(ROOT / "bin" / "healthcheck")]
+    result = subprocess.run(probe, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result
+    assert result.stdout == f"healthy: http://127.0.0.1:{server.port}/healthz answered 200\n"
+    server.stop()
+    result = subprocess.run(probe, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"unhealthy: http://127.0.0.1:{server.port}/healthz")
+    assert len(result.stdout.splitlines()) == 1
 
 
 def dockerignored(path: str) -> bool:
@@ -381,6 +455,7 @@ def test_dockerignore_keeps_what_the_image_needs():
         "wsgi.py",
         "gunicorn.conf.py",
         "bin/boot",
+        "bin/healthcheck",
         "iot_server/__init__.py",
         "iot_server/api/templates/docs.html",
         "migrations/env.py",
@@ -651,6 +726,29 @@ def test_compose_services_and_wiring():
     for name in ("MQTT_SECRET_KEY", "EMQX_API_KEY", "EMQX_API_SECRET"):
         assert emqx_env[name] == api_env[name] == pinger_env[name], name
     assert "MQTT_ADMIN_PASSWORD" in emqx_env
+
+
+def test_compose_pinger_has_its_own_health_check(tmp_path):
+    """The pinger serves no HTTP: compose checks its heartbeat instead of the image's probe,
+    at the interval the heartbeat's age limit assumes. The api keeps the image's probe."""
+    from iot_server.config import Config
+
+    services = compose()["services"]
+    check = services["pinger"]["healthcheck"]
+    assert not check.get("disable", False)
+    assert check["test"] == ["CMD", "python", "-m", "iot_server.pinger", "--check-health"]
+    assert duration_seconds(check["interval"]) == Config().PINGER_HEALTH_MAX_AGE
+    assert duration_seconds(check["timeout"]) < duration_seconds(check["interval"])
+    assert "healthcheck" not in services["api"]
+    # The command runs here (tests/pinger/test_heartbeat.py runs it against a live pinger):
+    # with no pinger, one line and exit 1.
+    env = {**os.environ, "PINGER_HEALTH_FILE": str(tmp_path / "heartbeat")}
+    argv = [sys.executable, *check["test"][2:]]
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stdout == f"unhealthy: no heartbeat at {tmp_path / 'heartbeat'}" + (
+        " (the pinger is not running, or starting)\n"
+    )
 
 
 def test_compose_commands_exist():
