@@ -98,6 +98,11 @@ class Config:
         self.AUTH_NEGATIVE_TTL = env_int("AUTH_NEGATIVE_TTL", 5)
         self.HOOK_CACHE_TTL = env_int("HOOK_CACHE_TTL", 2)
 
+        # The pinger's heartbeat file, and how old it may get before the pinger is
+        # unhealthy (docs/deployment.md, "Health checks"). Unset: no heartbeat.
+        self.PINGER_HEALTH_FILE = env_str("PINGER_HEALTH_FILE")
+        self.PINGER_HEALTH_MAX_AGE = env_int("PINGER_HEALTH_MAX_AGE", 10)
+
         self.MAX_CONTENT_LENGTH = 64 * 1024
 
     def default_log_format(self) -> str:
@@ -134,6 +139,7 @@ class TestingConfig(DevelopmentConfig):
         self.TRUSTED_PROXIES = 0
         self.HOOK_TRUSTED_NETWORKS = "127.0.0.0/8,::1"
         self.EMQX_API_URL = self.EMQX_API_KEY = self.EMQX_API_SECRET = None
+        self.PINGER_HEALTH_FILE = None
         self.LOG_FORMAT = "text"
 
 

@@ -24,12 +24,15 @@ REQUIRED_PROPERTIES = (
 )
 
 
-def _require_toolchain() -> None:
-    """Skip without g++/make, unless CI demands every tool (IOT_REQUIRE_SERVICES)."""
-    missing = [tool for tool in ("g++", "make") if shutil.which(tool) is None]
+XTENSA_CXX = "xtensa-lx106-elf-g++"
+
+
+def _require_toolchain(*tools: str) -> None:
+    """Skip without the tools, unless CI demands every tool (IOT_REQUIRE_SERVICES)."""
+    missing = [tool for tool in ("make", *tools) if shutil.which(tool) is None]
     if not missing:
         return
-    message = f"{' and '.join(missing)} not found: cannot build the Arduino host tests"
+    message = f"{' and '.join(missing)} not found: cannot build the Arduino library"
     if os.environ.get("IOT_REQUIRE_SERVICES", "") not in ("", "0"):
         pytest.fail(message)
     pytest.skip(message)
@@ -37,7 +40,7 @@ def _require_toolchain() -> None:
 
 def test_host_tests_pass(tmp_path: Path) -> None:
     """`make` type-checks the sketches, then builds and runs the tests from scratch."""
-    _require_toolchain()
+    _require_toolchain("g++")
     # A fresh BUILD directory: never trust a binary left by an earlier run.
     result = subprocess.run(
         ["make", "-C", str(HOST_TESTS), f"BUILD={tmp_path / 'build'}"],
@@ -52,6 +55,23 @@ def test_host_tests_pass(tmp_path: Path) -> None:
     passed, failed = (int(n) for n in summary[-1])
     assert failed == 0, output
     assert passed > 0, output
+
+
+def test_core_compiles_for_the_esp8266_cpu(tmp_path: Path) -> None:
+    """The portable core compiles for xtensa lx106 (32-bit int, strict alignment)."""
+    _require_toolchain(XTENSA_CXX)
+    result = subprocess.run(
+        ["make", "-C", str(HOST_TESTS), "xtensa", f"BUILD={tmp_path / 'build'}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    objects = sorted(p.name for p in (tmp_path / "build" / "xtensa").glob("*.o"))
+    sources = sorted(
+        f"{p.stem}.o" for p in (LIBRARY / "src").glob("*.cpp") if p.name != "sm_arduino.cpp"
+    )
+    assert objects == sources
 
 
 def test_library_never_calls_delay() -> None:
@@ -77,3 +97,29 @@ def test_library_properties_declare_dependencies() -> None:
     depends = [d.split("(")[0].strip() for d in fields["depends"].split(",")]
     assert depends == ["PubSubClient", "ArduinoJson"]
     assert (LIBRARY / "src" / "SMServer.h").is_file()
+
+
+def test_docs_state_the_worst_case_of_one_loop() -> None:
+    """The figures the host tests check (client_worst_case_figures_match_the_readme)."""
+    readme = (LIBRARY / "README.md").read_text()
+    properties = (LIBRARY / "library.properties").read_text()
+    for figure in ("10.3 s", "25.6 s"):
+        assert figure in readme, figure
+        assert figure in properties, figure
+    assert "Non-blocking" not in properties
+
+
+def test_library_docs_stand_alone() -> None:
+    """A user's copy has no SPEC.md: the library describes its protocol itself."""
+    for path in LIBRARY.rglob("*"):
+        if path.is_file() and path.suffix in {".md", ".h", ".cpp", ".ino", ".properties"}:
+            assert "SPEC.md" not in path.read_text(), path
+
+
+def test_secure_fleet_keeps_its_secrets_out_of_git() -> None:
+    """SecureFleet reads secrets.h, which is ignored; the example file is tracked."""
+    example = LIBRARY / "examples" / "SecureFleet"
+    assert (example / "secrets.h.example").is_file()
+    ignored = (example / ".gitignore").read_text().split()
+    assert "secrets.h" in ignored
+    assert '#include "secrets.h"' in (example / "SecureFleet.ino").read_text()

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -58,6 +59,12 @@ SPEC_VARIABLES = (
     "RATELIMIT_DEFAULT",
 )
 EMQX_CONTAINER_VARIABLES = ("IOT_API_URL", "MQTT_SECRET_KEY", "MQTT_ADMIN_PASSWORD")
+EMQX_OPTIONAL_VARIABLES = (
+    "EMQX_API_KEY",
+    "EMQX_API_SECRET",
+    "EMQX_NODE__COOKIE",
+    "IOT_API_CA_FILE",
+)
 
 RENDER_ENV = {
     "IOT_API_URL": "http://api.test:8000/",
@@ -111,10 +118,17 @@ def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def render_emqx(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """Run the EMQX entrypoint's rendering step into tmp_path."""
+def render_emqx(tmp_path: Path, awk: str | None = None, **env: str) -> subprocess.CompletedProcess:
+    """Run the EMQX entrypoint's rendering step into tmp_path (with `awk` as the awk on
+    PATH when given: the emqx image has mawk, this machine may have gawk)."""
+    path = os.environ.get("PATH", "/usr/bin:/bin")
+    if awk is not None:
+        bin_dir = tmp_path / "awk-bin"
+        bin_dir.mkdir(exist_ok=True)
+        (bin_dir / "awk").symlink_to(shutil.which(awk))
+        path = f"{bin_dir}:{path}"
     full_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PATH": path,
         "IOT_EMQX_TEMPLATE": str(TEMPLATE),
         "IOT_EMQX_CONF": str(tmp_path / "emqx.conf"),
         "IOT_EMQX_API_KEY_FILE": str(tmp_path / "api_keys.txt"),
@@ -127,6 +141,21 @@ def render_emqx(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=30,
     )
+
+
+#: The awk implementations on this machine: the image's entrypoint runs under mawk (Debian).
+AWKS = [name for name in ("gawk", "mawk") if shutil.which(name)] or ["awk"]
+
+#: Where the CA bundle of Debian's ca-certificates lives (the emqx/emqx:5.8 image).
+IMAGE_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def seconds(duration) -> float:
+    """A HOCON duration as pyhocon returns it: a timedelta, or a relativedelta when
+    python-dateutil is installed."""
+    if hasattr(duration, "total_seconds"):
+        return duration.total_seconds()
+    return duration.days * 86400 + duration.hours * 3600 + duration.minutes * 60 + duration.seconds
 
 
 @pytest.fixture
@@ -327,36 +356,116 @@ def test_api_dockerfile():
     assert users and users[-1] not in ("root", "0")
     assert names.index("USER") < names.index("CMD")
 
-    healthcheck = next(args for name, args in instructions if name == "HEALTHCHECK")
-    assert "/healthz" in healthcheck and "PORT" in healthcheck
-    assert "curl" not in healthcheck and "wget" not in healthcheck
+    probe = image_healthcheck()[1]
+    assert probe == ["/app/bin/healthcheck"]
+    script = (ROOT / "bin" / "healthcheck").read_text()
+    assert "/healthz" in script and "PORT" in script
+    assert "curl" not in script and "wget" not in script
 
 
-def test_dockerignore_keeps_what_the_image_needs():
-    """The build context keeps the app and drops secrets and history."""
+def image_healthcheck() -> tuple[dict[str, str], list[str]]:
+    """The API image's HEALTHCHECK: its options (`interval` → `10s`) and its exec-form command."""
+    healthchecks = [
+        args for name, args in dockerfile_instructions(ROOT / "Dockerfile") if name == "HEALTHCHECK"
+    ]
+    assert len(healthchecks) == 1, healthchecks
+    options, _, command = healthchecks[0].partition(" CMD ")
+    parsed = dict(re.findall(r"--([a-z-]+)=(\S+)", options))
+    return parsed, exec_form(command)
+
+
+def image_env() -> dict[str, str]:
+    """The API image's ENV values (`ENV A=1 B=2` form)."""
+    env = {}
+    for name, args in dockerfile_instructions(ROOT / "Dockerfile"):
+        if name == "ENV":
+            env.update(item.split("=", 1) for item in shlex.split(args))
+    return env
+
+
+def duration_seconds(value: str) -> float:
+    """A Docker/compose duration such as `10s`, `1m30s`."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", value)
+    assert parts and "".join(n + u for n, u in parts) == value, value
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def test_image_healthcheck_serves_both_roles():
+    """One HEALTHCHECK for the api and the pinger: bin/healthcheck (in the image, executable)
+    probes /healthz or the pinger's heartbeat, written where the app user may write. Its
+    interval is the heartbeat's age limit, so a stuck pinger fails within two intervals."""
+    from iot_server.config import Config
+
+    options, probe = image_healthcheck()
+    instructions = dockerfile_instructions(ROOT / "Dockerfile")
+    workdir = [args for name, args in instructions if name == "WORKDIR"][-1]
+    script = ROOT / Path(probe[0]).relative_to(workdir)
+    assert script == ROOT / "bin" / "healthcheck"
+    assert script.stat().st_mode & stat.S_IXUSR
+    assert not dockerignored("bin/healthcheck")
+    assert script.read_text().startswith("#!/bin/sh\n")
+    assert "python -m iot_server.pinger --check-health" in script.read_text()
+
+    heartbeat = image_env()["PINGER_HEALTH_FILE"]
+    assert Path(heartbeat).parent == Path("/tmp")  # the code is read-only to the app user
+    assert duration_seconds(options["interval"]) == Config().PINGER_HEALTH_MAX_AGE
+    assert duration_seconds(options["timeout"]) < duration_seconds(options["interval"])
+    assert int(options["retries"]) >= 1
+
+
+def test_image_healthcheck_probes_a_real_api(start_gunicorn):
+    """For anything but the pinger (here a real gunicorn), the probe asks /healthz on $PORT:
+    0 and one line while it answers, 1 once it is gone."""
+    server = start_gunicorn(workers=1)
+    env = {
+        **os.environ,
+        "PORT": str(server.port),
+        "IOT_HEALTHCHECK_PID": str(server.process.pid),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+    }
+    probe = [str(ROOT / "bin" / "healthcheck")]
+    result = subprocess.run(probe, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result
+    assert result.stdout == f"healthy: http://127.0.0.1:{server.port}/healthz answered 200\n"
+    server.stop()
+    result = subprocess.run(probe, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"unhealthy: http://127.0.0.1:{server.port}/healthz")
+    assert len(result.stdout.splitlines()) == 1
+
+
+def dockerignored(path: str) -> bool:
+    """True when .dockerignore leaves `path` out of the API image's build context."""
     patterns = [
         line.strip()
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#") and not line.startswith("!")
     ]
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    return any(fnmatch(prefix, pattern) for pattern in patterns for prefix in prefixes)
 
-    def ignored(path: str) -> bool:
-        parts = path.split("/")
-        prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
-        return any(fnmatch(prefix, pattern) for pattern in patterns for prefix in prefixes)
 
+def test_dockerignore_keeps_what_the_image_needs():
+    """The build context keeps the app and drops secrets, history, and what the app never
+    reads (tests, benchmarks, documentation)."""
     for needed in (
         "requirements.txt",
         "wsgi.py",
         "gunicorn.conf.py",
         "bin/boot",
+        "bin/healthcheck",
         "iot_server/__init__.py",
+        "iot_server/api/templates/docs.html",
         "migrations/env.py",
         "migrations/versions/0001.py",
     ):
-        assert not ignored(needed), f"{needed} is excluded from the image"
+        assert not dockerignored(needed), f"{needed} is excluded from the image"
     for secret in (".env", ".git/config", "instance/iot_server.sqlite"):
-        assert ignored(secret), f"{secret} would be copied into the image"
+        assert dockerignored(secret), f"{secret} would be copied into the image"
+    for unused in ("tests/conftest.py", "bench/README.md", "docs/deployment.md"):
+        assert dockerignored(unused), f"{unused} would be copied into the image"
 
 
 # ---------------------------------------------------------------- EMQX
@@ -370,8 +479,10 @@ def test_emqx_template_parses():
 
 def test_emqx_placeholders_stay_inside_strings():
     """EMQX does not read the environment in its config file (emqx/hocon#301), and an
-    unquoted ${x} would be a HOCON substitution: every ${...} must be a quoted string."""
+    unquoted ${x} would be a HOCON substitution: every ${...} must be a quoted string
+    (the conditional `#@https` lines included, as the entrypoint renders them)."""
     for number, line in enumerate(TEMPLATE.read_text().splitlines(), start=1):
+        line = re.sub(r"^(\s*)#@https(?:-name)? ", r"\1", line)
         assert "${" not in strip_quoted(line), f"line {number}: unquoted ${{...}}: {line}"
         assert "'" not in strip_quoted(line), f"line {number}: EMQX rejects single quotes"
 
@@ -399,6 +510,85 @@ def test_emqx_hook_urls_and_headers(rendered, hooks):
     assert source["url"] == base + hooks.AUTHZ_PATH
     assert source["headers"]["Authorization"] == bearer
     assert source["headers"]["Content-Type"] == "application/json"
+
+
+def emqx_hooks_config(tmp_path: Path, api_url: str, awk: str | None = None, **env: str):
+    """The authenticator and the authz source rendered for `api_url`."""
+    result = render_emqx(tmp_path, awk=awk, **{**RENDER_ENV, "IOT_API_URL": api_url, **env})
+    assert result.returncode == 0, result.stderr
+    config = ConfigFactory.parse_file(str(tmp_path / "emqx.conf"))
+    [authn] = config["authentication"]
+    [authz] = config["authorization"]["sources"]
+    return authn, authz
+
+
+@pytest.mark.parametrize("awk", AWKS)
+@pytest.mark.parametrize(
+    "api_url", ["http://api:8000", "http://api.example.com/base/", "http://10.0.0.5:8000"]
+)
+def test_emqx_plain_http_has_no_tls(tmp_path, awk, api_url):
+    """An http:// API gets no `ssl` block (and needs no CA file)."""
+    authn, authz = emqx_hooks_config(tmp_path, api_url, awk, IOT_API_CA_FILE="/nonexistent")
+    assert authn["url"].startswith("http://") and authz["url"].startswith("http://")
+    assert "ssl" not in authn
+    assert "ssl" not in authz
+    assert "ssl {" not in (tmp_path / "emqx.conf").read_text()
+
+
+@pytest.mark.parametrize("awk", AWKS)
+@pytest.mark.parametrize(
+    ("api_url", "server_name"),
+    [
+        ("https://api.example.com", "api.example.com"),
+        ("https://iot-api.up.railway.app:8443/base/", "iot-api.up.railway.app"),
+        # RFC 6066 3: no IP address in SNI; the name check then uses the address.
+        ("https://10.0.0.5:8443", None),
+        ("https://[fd00::5]:8443", None),
+    ],
+)
+def test_emqx_https_verifies_the_api(tmp_path, awk, api_url, server_name):
+    """An https:// API gets, in the authenticator (whose validator refuses https without
+    it) and in the authz source alike: TLS on, the peer verified against a CA file, and
+    the URL's host as the server name."""
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\n")
+    authn, authz = emqx_hooks_config(tmp_path, api_url, awk, IOT_API_CA_FILE=str(ca_file))
+    assert authn["url"] == api_url.rstrip("/") + "/emqx/authn"
+    expected = {"enable": True, "verify": "verify_peer", "cacertfile": str(ca_file)}
+    if server_name is not None:
+        expected["server_name_indication"] = server_name
+    assert dict(authn["ssl"]) == expected
+    assert dict(authz["ssl"]) == expected
+
+
+def test_emqx_https_uses_the_image_ca_bundle_by_default(tmp_path):
+    """Without IOT_API_CA_FILE the API's certificate is checked against the image's system
+    CAs: Debian's bundle (emqx/emqx:5.8 is Debian with ca-certificates installed)."""
+    script = ENTRYPOINT.read_text()
+    assert re.search(r'"\$\{IOT_API_CA_FILE:-([^}]+)\}"', script).group(1) == IMAGE_CA_BUNDLE
+    if not Path(IMAGE_CA_BUNDLE).is_file():
+        pytest.skip(f"{IMAGE_CA_BUNDLE} is not on this machine")
+    authn, authz = emqx_hooks_config(tmp_path, "https://api.example.com")  # no IOT_API_CA_FILE
+    assert authn["ssl"]["cacertfile"] == authz["ssl"]["cacertfile"] == IMAGE_CA_BUNDLE
+
+
+def test_emqx_https_refuses_a_missing_ca_file(tmp_path):
+    """A CA file EMQX could not read would fail every login at connect time: refused at start."""
+    env = {**RENDER_ENV, "IOT_API_URL": "https://api.example.com"}
+    result = render_emqx(tmp_path, IOT_API_CA_FILE=str(tmp_path / "missing.pem"), **env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("emqx: IOT_API_CA_FILE")
+    assert not (tmp_path / "emqx.conf").exists()
+
+
+@pytest.mark.parametrize("api_url", ["http://api:8000", "https://api.example.com"])
+def test_emqx_hooks_time_out_after_5_seconds(tmp_path, api_url):
+    """authz's request_timeout is set (EMQX's default there is 30 s) to authn's 5 s."""
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("")
+    authn, authz = emqx_hooks_config(tmp_path, api_url, IOT_API_CA_FILE=str(ca_file))
+    assert seconds(authz["request_timeout"]) == 5
+    assert seconds(authn["request_timeout"]) == 5
 
 
 def test_emqx_hook_paths_are_served(web_app, hooks):
@@ -474,6 +664,9 @@ def test_emqx_refuses_to_start_without_credentials(tmp_path, missing):
         {"EMQX_API_SECRET": "with:colon"},
         {"MQTT_ADMIN_PASSWORD": "short"},
         {"IOT_API_URL": "api:8000"},
+        {"IOT_API_URL": "https://:8443"},
+        {"IOT_API_URL": "https://api.example.com/?x=1"},
+        {"IOT_API_URL": "https://user:pass@api.example.com"},
         {"MQTT_SECRET_KEY": "has ${placeholder}"},
         {"MQTT_SECRET_KEY": "two\nlines"},
     ],
@@ -533,6 +726,29 @@ def test_compose_services_and_wiring():
     for name in ("MQTT_SECRET_KEY", "EMQX_API_KEY", "EMQX_API_SECRET"):
         assert emqx_env[name] == api_env[name] == pinger_env[name], name
     assert "MQTT_ADMIN_PASSWORD" in emqx_env
+
+
+def test_compose_pinger_has_its_own_health_check(tmp_path):
+    """The pinger serves no HTTP: compose checks its heartbeat instead of the image's probe,
+    at the interval the heartbeat's age limit assumes. The api keeps the image's probe."""
+    from iot_server.config import Config
+
+    services = compose()["services"]
+    check = services["pinger"]["healthcheck"]
+    assert not check.get("disable", False)
+    assert check["test"] == ["CMD", "python", "-m", "iot_server.pinger", "--check-health"]
+    assert duration_seconds(check["interval"]) == Config().PINGER_HEALTH_MAX_AGE
+    assert duration_seconds(check["timeout"]) < duration_seconds(check["interval"])
+    assert "healthcheck" not in services["api"]
+    # The command runs here (tests/pinger/test_heartbeat.py runs it against a live pinger):
+    # with no pinger, one line and exit 1.
+    env = {**os.environ, "PINGER_HEALTH_FILE": str(tmp_path / "heartbeat")}
+    argv = [sys.executable, *check["test"][2:]]
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stdout == f"unhealthy: no heartbeat at {tmp_path / 'heartbeat'}" + (
+        " (the pinger is not running, or starting)\n"
+    )
 
 
 def test_compose_commands_exist():
@@ -628,5 +844,6 @@ def test_configuration_documents_every_variable():
     missing = [name for name in sorted(read | set(SPEC_VARIABLES)) if f"`{name}`" not in table]
     assert not missing, missing
     deployment = (ROOT / "docs" / "deployment.md").read_text()
-    missing = [name for name in EMQX_CONTAINER_VARIABLES if name not in deployment]
+    emqx_variables = EMQX_CONTAINER_VARIABLES + EMQX_OPTIONAL_VARIABLES
+    missing = [name for name in emqx_variables if f"`{name}`" not in deployment]
     assert not missing, missing

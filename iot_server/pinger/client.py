@@ -6,8 +6,9 @@ batches (SPEC.md, "MQTT behaviour"). Run it with `flask --app wsgi pinger` or
 `python -m iot_server.pinger`; it stops cleanly on SIGTERM.
 
 Threads: paho's network loop (`loop_forever`, the caller's thread) runs the callbacks, which
-only parse, publish and note presence under a lock; a sweeper thread sends the re-PINGs;
-a flusher thread writes presence to the database once a second.
+only parse, publish and note presence under a lock; a sweeper thread sends the re-PINGs and
+refreshes the heartbeat file (`health.py`); a flusher thread writes presence to the database
+once a second.
 
 Replicas (`MQTT_SHARED_GROUP`) each hear part of a device's messages; they share presence
 through `last_seen_at`, which only moves forward, and a replica reads it before re-PINGing
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -32,6 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from .health import remove_heartbeat, write_heartbeat
 from .messages import (
     SERVER_PING,
     SERVER_PONG,
@@ -66,6 +69,7 @@ class Pinger:
         flush_interval: float = 1.0,
         stats_interval: float = 60.0,
         client_id: str | None = None,
+        health_file: str | None = None,
     ) -> None:
         self.address = parse_broker_url(broker_url)
         self.subscription = ping_subscription(shared_group)
@@ -84,6 +88,10 @@ class Pinger:
         self._db_failing = False
         self._threads: list[threading.Thread] = []
         self._sweep_tick = min(1.0, ping_interval / 10)
+        self.health_file = health_file
+        self._heartbeat_failing = False
+        # Wall times for the heartbeat: the broker link's last change, the last flush turn.
+        self._link_changed_at = self._flushed_at = time.time()
         if engine is not None:
             event.listen(engine, "before_cursor_execute", self._count_statement)
 
@@ -122,6 +130,7 @@ class Pinger:
         config = app.config
         with app.app_context():
             engine = db.engine
+        options.setdefault("health_file", config.get("PINGER_HEALTH_FILE"))
         return cls(
             config["MQTT_BROKER_URL"],
             config["MQTT_SERVICE_USERNAME"],
@@ -138,6 +147,7 @@ class Pinger:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._on_signal)
+        self._flushed_at = time.time()
         self._threads = [
             threading.Thread(target=self._sweep_loop, name="pinger-sweep", daemon=True),
             threading.Thread(target=self._flush_loop, name="pinger-flush", daemon=True),
@@ -161,6 +171,8 @@ class Pinger:
             self.connected.clear()
             for thread in self._threads:
                 thread.join(timeout=10)
+            if self.health_file:
+                remove_heartbeat(self.health_file)
             self.flush_all()
             log.info("pinger stopped: %s", self.stats_line())
 
@@ -192,6 +204,7 @@ class Pinger:
                 # Nobody could be heard while we were away: silence then is no miss.
                 self.presence.postpone_all(time.monotonic())
             self.connected.set()
+            self._link_changed_at = time.time()
             self.stats["connects"] += 1
             log.info("connected; subscribing %s", self.subscription)
         except Exception:
@@ -210,6 +223,8 @@ class Pinger:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         """Lost the broker: stop publishing until paho has reconnected."""
         try:
+            if self.connected.is_set():
+                self._link_changed_at = time.time()
             self.connected.clear()
             self.subscribed.clear()
             if not self._stopping.is_set():
@@ -317,8 +332,10 @@ class Pinger:
         )
 
     def _sweep_loop(self) -> None:
-        """Every tick: re-PING the quiet (only while connected); log stats now and then."""
+        """Every tick: re-PING the quiet (only while connected); log stats now and then;
+        refresh the heartbeat, which therefore stops when this loop does."""
         next_stats = time.monotonic() + self.stats_interval
+        self.heartbeat()
         while not self._stopping.wait(self._sweep_tick):
             try:
                 if self.connected.is_set():
@@ -328,11 +345,43 @@ class Pinger:
                     log.info("stats %s", self.stats_line())
             except Exception:
                 log.exception("sweep failed")
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Rewrite the heartbeat file (`PINGER_HEALTH_FILE`), if any; never raises.
+
+        Taking the lock proves the callbacks and the sweep are not deadlocked on it.
+        """
+        if not self.health_file:
+            return
+        with self._lock:
+            devices, pending = len(self.presence), len(self.pending)
+        state = {
+            "pid": os.getpid(),
+            "at": time.time(),
+            "flushed_at": self._flushed_at,
+            "flush_interval": self.flush_interval,
+            "connected": self.connected.is_set(),
+            "since": self._link_changed_at,
+            "devices": devices,
+            "pending": pending,
+        }
+        try:
+            write_heartbeat(self.health_file, state)
+        except OSError as exc:
+            if not self._heartbeat_failing:
+                log.warning("cannot write the heartbeat %s: %s", self.health_file, exc)
+            self._heartbeat_failing = True
+            return
+        if self._heartbeat_failing:
+            log.info("heartbeat written again")
+            self._heartbeat_failing = False
 
     def _flush_loop(self) -> None:
-        """At most one batch per `flush_interval`."""
+        """At most one batch per `flush_interval`; each turn is noted for the heartbeat."""
         while not self._stopping.wait(self.flush_interval):
             self.flush()
+            self._flushed_at = time.time()
 
     def flush(self) -> int:
         """Write one batch of pending `last_seen_at` values; keep them when the database is

@@ -3,14 +3,17 @@
  * registers the device, finds the broker, keeps the MQTT session and its
  * presence pings alive, and queues received messages for the sketch.
  *
- *   RequestToken --200--> FetchBroker --200--> ConnectMqtt --ok--> Connected
- *        ^  (401/429/400/5xx/network: wait, retry)      |             |
- *        +---- broker "not authorized" or /mqtt 403 ----+   lost: reconnect
+ *   [SetClock] -> RequestToken --200--> FetchBroker --200--> ConnectMqtt -> Subscribe -> Connected
+ *   (CA trust)      ^  (401/429/400/5xx/network: wait, retry)    |                        |
+ *                   +---- broker "not authorized" or /mqtt 403 ---+     lost: reconnect;  |
+ *                                           FetchBroker <---- nothing heard for 25 s -----+
  *
  * loop() never sleeps: each step runs only when its due time has come, and
- * otherwise loop() returns at once. The only waits are the network calls
- * themselves, each bounded by the adapter's timeout. Plain C++11; talks to
- * the outside world only through sm_interfaces.h.
+ * otherwise loop() returns at once. A call runs at most one network exchange
+ * (an HTTP request or an MQTT connect), each bounded by the adapter's
+ * timeouts; httpWorstCaseMs() and mqttConnectWorstCaseMs() below state the
+ * bounds. Plain C++11; talks to the outside world only through
+ * sm_interfaces.h.
  */
 #ifndef SMSERVER_CLIENT_H
 #define SMSERVER_CLIENT_H
@@ -19,7 +22,7 @@
 
 // Buffer sizes; override with -D (build_flags) if your payloads are larger.
 #ifndef SMSERVER_QUEUE_CAPACITY
-#define SMSERVER_QUEUE_CAPACITY 8
+#define SMSERVER_QUEUE_CAPACITY 4  // loop() delivers at most one message per call
 #endif
 #ifndef SMSERVER_MAX_PAYLOAD
 #define SMSERVER_MAX_PAYLOAD 256
@@ -28,7 +31,7 @@
 #define SMSERVER_MAX_AGENTS 8
 #endif
 #ifndef SMSERVER_TOKEN_SIZE
-#define SMSERVER_TOKEN_SIZE 640
+#define SMSERVER_TOKEN_SIZE 640  // the registration answer is read into it: tokens up to ~600 bytes
 #endif
 
 namespace smserver {
@@ -36,6 +39,35 @@ namespace smserver {
 const size_t kUuidLength = 36;
 const size_t kTopicSize = 64;  // "device/" + uuid + "/master" is 50
 const size_t kHostSize = 128;
+
+// ------------------------------------------------------------------ timing
+// What the ESP8266 adapters guarantee (sm_arduino.cpp), stated here so the
+// README, the boot log and the host tests share one source.
+
+/** BearSSL's handshake bound: WiFiClientSecureCtx resets it to 15 s before every handshake (core 3.1.2). */
+const uint32_t kTlsHandshakeMaxMs = 15000;
+/** Closing a socket waits this long for the peer's ACKs (WIFICLIENT_MAX_FLUSH_WAIT_MS). */
+const uint32_t kSocketCloseMaxMs = 300;
+
+/**
+ * The longest one HTTP request can block: DNS and TCP connect share one
+ * `timeoutMs`, sending the request and reading the answer share another, a
+ * TLS handshake adds kTlsHandshakeMaxMs, closing adds kSocketCloseMaxMs (twice
+ * with TLS: the close_notify, then the socket).
+ */
+uint32_t httpWorstCaseMs(uint32_t timeoutMs, bool tls);
+/**
+ * The longest one MQTT connect can block: DNS and TCP connect share
+ * `timeoutMs`, the TLS handshake adds kTlsHandshakeMaxMs, the CONNACK wait is
+ * PubSubClient's socket timeout (`timeoutMs` rounded up to seconds), and
+ * closing after a missing CONNACK adds kSocketCloseMaxMs.
+ * PubSubClient reads a packet byte by byte with that timeout per byte, so a
+ * broker that sends its CONNACK a byte at a time could stretch this; a broker
+ * that answers, or stays silent, cannot.
+ */
+uint32_t mqttConnectWorstCaseMs(uint32_t timeoutMs, bool tls);
+/** The longest one DeviceClient::loop() call can block: the worse of the two. */
+uint32_t loopWorstCaseMs(uint32_t httpTimeoutMs, bool httpTls, uint32_t mqttTimeoutMs, bool mqttTls);
 
 enum DeviceKind { kMaster, kAgent };
 
@@ -48,8 +80,9 @@ enum Status {
   kRateLimited,     // 429: waiting for Retry-After
   kBackingOff,      // 400, 5xx, network or broker error: waiting to retry
   kFetchingBroker,  // about to ask /mqtt
-  kConnecting,      // about to connect to the broker
-  kConnected        // MQTT session up
+  kConnecting,      // about to connect to the broker, or subscribing
+  kConnected,       // MQTT session up
+  kSettingClock     // waiting for NTP: CA trust checks certificate dates
 };
 
 const char* statusName(Status status);
@@ -59,12 +92,14 @@ struct Settings {
   const char* uuid;                // 8-4-4-4-12 hex, any case
   const char* registrationSecret;  // DEVICE_MASTER_SECRET_KEY or DEVICE_AGENT_SECRET_KEY
   DeviceKind kind;
-  uint32_t pingIntervalMs;         // 15 s: the server's presence window
+  uint32_t pingIntervalMs;         // 10 s: under the server's 15 s silence window
+  uint32_t silenceLimitMs;         // 25 s: nothing heard this long, new session via /mqtt (0: off)
+  uint32_t clockTimeoutMs;         // 20 s: then log that NTP gave no time (CA trust only)
   uint32_t retryInitialMs;         // first wait after a failure
   uint32_t retryMaxMs;             // the doubling stops here
   uint32_t forbiddenRetryMs;       // wait after a 403 on registration
   uint32_t maxRetryAfterMs;        // cap on a server's Retry-After
-  uint32_t stableConnectionMs;     // a session this old resets the backoff
+  uint32_t stableConnectionMs;     // a session this old that heard something resets the backoff
   uint8_t jitterPercent;           // random extra wait, 0..jitter% of the wait
 };
 
@@ -114,8 +149,9 @@ class MessageQueue {
 
 class DeviceClient : private MqttListener {
  public:
+  /** `wallClock`: only when a TLS connection trusts a CA (the clock is set first). */
   DeviceClient(Clock& clock, HttpClient& http, MqttClient& mqtt,
-               KeyValueStore& store, Log* log);
+               KeyValueStore& store, Log* log, WallClock* wallClock = NULL);
 
   /** Master only, before begin(): also listen on device/<agent>/master. */
   bool addAgent(const char* agentUuid);
@@ -144,7 +180,7 @@ class DeviceClient : private MqttListener {
   bool pop(Message& out) { return queue_.pop(out); }
   uint32_t droppedMessages() const { return queue_.dropped(); }
 
-  /** Drops the stored token; the next connection registers again. */
+  /** Drops the token, in RAM and in EEPROM; the next connection registers again. */
   void forgetToken();
 
   /** Builds device/<uuid>/<leaf> with a lowercase uuid; false if it does not fit. */
@@ -153,14 +189,25 @@ class DeviceClient : private MqttListener {
   static bool normalizeUuid(const char* uuid, char* out);
 
  private:
-  enum State { kStateIdle, kStateRequestToken, kStateFetchBroker, kStateConnectMqtt, kStateConnected };
+  enum State {
+    kStateIdle,
+    kStateSetClock,
+    kStateRequestToken,
+    kStateFetchBroker,
+    kStateConnectMqtt,
+    kStateSubscribe,
+    kStateConnected
+  };
 
   void onMqttMessage(const char* topic, const uint8_t* payload, size_t length);
 
+  void waitForClock(uint32_t now);
   void requestToken();
   void fetchBroker(uint32_t now);
   void connectMqtt(uint32_t now);
+  void subscribe(uint32_t now);
   void serviceConnection(uint32_t now);
+  void networkFailure(const char* what, int code, char* out, size_t outSize);
   void authRefused(uint32_t now, const char* what);
   void scheduleRetry(State next, Status why, uint32_t waitMs, const char* what);
   void moveTo(State next, Status status, uint32_t dueAt);
@@ -182,6 +229,7 @@ class DeviceClient : private MqttListener {
   MqttClient& mqtt_;
   KeyValueStore& store_;
   Log* log_;
+  WallClock* wallClock_;
   Settings settings_;
   Backoff backoff_;
   MessageQueue queue_;
@@ -192,18 +240,24 @@ class DeviceClient : private MqttListener {
   char uuid_[kUuidLength + 1];
   char agents_[SMSERVER_MAX_AGENTS][kUuidLength + 1];
   size_t agentCount_;
-  char token_[SMSERVER_TOKEN_SIZE];
-  char body_[SMSERVER_TOKEN_SIZE + 128];
-  char brokerHost_[kHostSize];
+  char token_[SMSERVER_TOKEN_SIZE];  // also receives the registration answer
+  char body_[kHostSize + 64];        // the /mqtt answer
+  char brokerHost_[kHostSize];       // the MQTT adapter may keep this pointer
   uint16_t brokerPort_;
-  char pingTopic_[kTopicSize];
-  char username_[kUuidLength + 8];
 
+  State clockNext_;          // where SetClock goes once the clock is set
+  uint32_t clockWarnAt_;
+  uint32_t clockWarnEveryMs_;
+  bool tokenSaved_;          // token_ is what EEPROM holds: no write needed
   bool refreshUsed_;         // one immediate token refresh per successful session
   uint8_t connectFailures_;  // consecutive; refetch /mqtt after a few
   uint32_t connectedAt_;
   bool stable_;
+  bool heard_;               // the broker delivered something to this session
   uint32_t lastPingAt_;
+  uint32_t lastHeardAt_;     // any message the broker delivered to this session
+  uint32_t lastServerAt_;    // a PING or PONG from the server
+  bool serverSilenceLogged_;
   bool pongDue_;
 
   struct Echo {

@@ -19,6 +19,8 @@ namespace smserver {
  * `length`, need not be NUL-terminated) and copies its string value, unescaped
  * and NUL-terminated, into `out`. False when the text is not an object, the
  * key is absent, its value is not a string, or the value does not fit.
+ * `out` may be `json` itself: unescaping only shrinks, so every write lands
+ * behind the byte being read (the client extracts its token in place).
  */
 bool jsonGetString(const char* json, size_t length, const char* key, char* out,
                    size_t outSize);

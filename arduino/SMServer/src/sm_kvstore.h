@@ -9,8 +9,10 @@
  *
  * A blank EEPROM (all 0xFF or 0x00), one written by another sketch, or one
  * whose checksum does not match reads as empty, so the device never sends a
- * garbage token. Writes rewrite the area in place and commit only when
- * something changed (each commit erases a flash sector on the ESP8266).
+ * garbage token. Writes rewrite the area in place and commit at most once per
+ * call, and only when a byte actually changed: on the ESP8266 each commit
+ * erases and rewrites a 4 KB flash sector, which wears out after some 10^4 to
+ * 10^5 cycles.
  */
 #ifndef SMSERVER_KVSTORE_H
 #define SMSERVER_KVSTORE_H
@@ -25,7 +27,7 @@ class EepromKeyValueStore : public KeyValueStore {
   EepromKeyValueStore(ByteStorage& storage, size_t offset, size_t length);
 
   bool get(const char* key, char* out, size_t outSize);
-  bool put(const char* key, const char* value);
+  bool putAll(const KeyValue* pairs, size_t count);
   bool remove(const char* key);
   /** Formats the area as an empty store. */
   bool clear();
@@ -35,17 +37,24 @@ class EepromKeyValueStore : public KeyValueStore {
   static const size_t kHeaderSize = 11;
 
  private:
+  // The steps below expect the storage to be open.
+  bool validNow();
+  bool fits(const KeyValue* pairs, size_t count);
+  bool write(const char* key, const char* value);
+  bool finish(bool ok);
+  size_t usable();
   size_t payloadLength();
   // Finds `key`; sets the record's start and total size. False when absent.
   bool find(const char* key, size_t* recordStart, size_t* recordSize);
   uint32_t payloadCrc(size_t length);
   void writeHeader(size_t length);
   uint8_t at(size_t i) { return storage_.read(offset_ + i); }
-  void set(size_t i, uint8_t v) { storage_.write(offset_ + i, v); }
+  void set(size_t i, uint8_t v);
 
   ByteStorage& storage_;
   size_t offset_;
   size_t length_;
+  bool dirty_;
 };
 
 /** CRC-32 (IEEE 802.3, the zlib one), updated byte by byte. */

@@ -1,9 +1,12 @@
 /*
- * fakes.h - in-memory stand-ins for millis(), ESP8266HTTPClient, PubSubClient,
- * EEPROM and Serial, implementing the core's interfaces. They script answers
- * and record every call so tests can assert what the device did and when.
- * The fake broker echoes a device's publishes back to its own subscriptions,
- * as a real MQTT 3.1.1 broker does.
+ * fakes.h - in-memory stand-ins for millis(), the HTTP client, PubSubClient,
+ * EEPROM, NTP and Serial, implementing the core's interfaces. They script
+ * answers and record every call so tests can assert what the device did and
+ * when. The fake broker echoes a device's publishes back to its own
+ * subscriptions, as a real MQTT 3.1.1 broker does; it can also answer PINGs
+ * as the server does, or refuse every topic as go-auth does after a revoke.
+ * Blocking calls (an HTTP request, an MQTT connect) are counted in BlockingOps
+ * and may "stall": advance the clock by their worst case.
  */
 #ifndef SMSERVER_TEST_FAKES_H
 #define SMSERVER_TEST_FAKES_H
@@ -26,6 +29,17 @@ class FakeClock : public smserver::Clock {
   uint32_t now;
 };
 
+/** Counts the network exchanges that may block, per DeviceClient::loop() call. */
+struct BlockingOps {
+  int inThisLoop = 0;
+  int mostInOneLoop = 0;
+  uint32_t longestLoopMs = 0;
+  void happened() {
+    ++inThisLoop;
+    if (inThisLoop > mostInOneLoop) mostInOneLoop = inThisLoop;
+  }
+};
+
 struct HttpAnswer {
   int status;
   std::string body;
@@ -40,7 +54,7 @@ struct HttpRequest {
 
 class FakeHttp : public smserver::HttpClient {
  public:
-  explicit FakeHttp(FakeClock& clock) : clock_(clock) {}
+  FakeHttp(FakeClock& clock, BlockingOps& ops) : clock_(clock), ops_(ops) {}
 
   void answer(int status, const std::string& body = "", long retryAfter = -1) {
     answers.push_back(HttpAnswer{status, body, retryAfter});
@@ -48,16 +62,18 @@ class FakeHttp : public smserver::HttpClient {
 
   int get(const char* path, const char* bearer, char* body, size_t bodySize,
           long* retryAfterSeconds) override {
+    ops_.happened();
+    if (sessionOpen && *sessionOpen) ++requestsDuringMqttSession;
     requests.push_back(HttpRequest{path, bearer, clock_.now});
+    bodySizes.push_back(bodySize);
+    clock_.advance(stallMs);
     *retryAfterSeconds = -1;
-    if (answers.empty()) {  // unscripted: the network is down
-      body[0] = '\0';
-      return -1;
-    }
+    body[0] = '\0';
+    if (answers.empty()) return smserver::kHttpErrorConnect;  // unscripted: the network is down
     HttpAnswer a = answers.front();
     answers.pop_front();
-    std::strncpy(body, a.body.c_str(), bodySize - 1);
-    body[bodySize - 1] = '\0';
+    // As the real client: a body that does not fit is not kept at all.
+    if (a.body.size() < bodySize) std::memcpy(body, a.body.c_str(), a.body.size() + 1);
     *retryAfterSeconds = a.retryAfter;
     return a.status;
   }
@@ -72,9 +88,14 @@ class FakeHttp : public smserver::HttpClient {
 
   std::deque<HttpAnswer> answers;
   std::vector<HttpRequest> requests;
+  std::vector<size_t> bodySizes;
+  uint32_t stallMs = 0;               // each request takes this long
+  const bool* sessionOpen = nullptr;  // the fake broker's "connected"
+  int requestsDuringMqttSession = 0;  // a second TLS session would be open
 
  private:
   FakeClock& clock_;
+  BlockingOps& ops_;
 };
 
 struct MqttConnect {
@@ -91,7 +112,7 @@ struct MqttPublish {
 
 class FakeMqtt : public smserver::MqttClient {
  public:
-  explicit FakeMqtt(FakeClock& clock) : clock_(clock) {}
+  FakeMqtt(FakeClock& clock, BlockingOps& ops) : clock_(clock), ops_(ops) {}
 
   // Scripts the next connect() results; unscripted connects succeed.
   void refuse(int state) { results.push_back(state); }
@@ -100,8 +121,11 @@ class FakeMqtt : public smserver::MqttClient {
 
   bool connect(const char* host, uint16_t port, const char* clientId, const char* username,
                const char* password) override {
+    ops_.happened();
     connects.push_back(MqttConnect{host, port, clientId, username, password, clock_.now});
+    clock_.advance(stallMs);
     subscriptions.clear();
+    refuseTopics = refuseEverySession;  // a new login is checked afresh
     int result = 0;
     if (!results.empty()) {
       result = results.front();
@@ -122,7 +146,12 @@ class FakeMqtt : public smserver::MqttClient {
     if (inCallback_) ++publishesInsideCallback;  // PubSubClient would corrupt its buffer
     if (!connected_) return false;
     publishes.push_back(MqttPublish{topic, payload, clock_.now});
+    if (refuseTopics) return true;  // go-auth: QoS 0 publish accepted, then dropped by the ACL
     if (echo && subscribed(topic)) inbound.push_back(std::make_pair(std::string(topic), std::string(payload)));
+    if (serverAnswersPings && std::string(payload) == "{\"c\":\"PING\"}" &&
+        topic == std::string("device/") + clientId() + "/ping") {
+      inbound.push_back(std::make_pair(std::string(topic), std::string("{\"c\":\"PONG\",\"src\":\"server\"}")));
+    }
     return true;
   }
   void loop() override {
@@ -130,11 +159,12 @@ class FakeMqtt : public smserver::MqttClient {
     std::deque<std::pair<std::string, std::string> > pending;
     pending.swap(inbound);
     while (connected_ && !pending.empty()) {
-      deliverNow(pending.front().first, pending.front().second);
+      if (!refuseTopics) deliverNow(pending.front().first, pending.front().second);
       pending.pop_front();
     }
   }
   void disconnect() override {
+    ++disconnects;
     connected_ = false;
     state_ = smserver::kMqttDisconnected;
   }
@@ -161,13 +191,21 @@ class FakeMqtt : public smserver::MqttClient {
     return n;
   }
 
+  const bool* connectedFlag() const { return &connected_; }
+  std::string clientId() const { return connects.empty() ? std::string() : connects.back().clientId; }
+
   std::deque<int> results;
   std::vector<MqttConnect> connects;
   std::vector<std::string> subscriptions;
   std::vector<MqttPublish> publishes;
   std::deque<std::pair<std::string, std::string> > inbound;
   bool echo = true;
+  bool serverAnswersPings = false;  // the pinger: a PONG for each PING
+  bool refuseTopics = false;        // every publish and delivery denied, session kept open
+  bool refuseEverySession = false;  // the same for every new session (a broken ACL hook)
+  uint32_t stallMs = 0;             // each connect takes this long
   int loops = 0;
+  int disconnects = 0;
   int publishesInsideCallback = 0;
 
  private:
@@ -180,25 +218,55 @@ class FakeMqtt : public smserver::MqttClient {
   }
 
   FakeClock& clock_;
+  BlockingOps& ops_;
   smserver::MqttListener* listener_ = nullptr;
   bool connected_ = false;
   bool inCallback_ = false;
   int state_ = smserver::kMqttDisconnected;
 };
 
-/** The ESP8266 EEPROM emulation: a RAM image plus a commit counter. */
+/**
+ * The ESP8266 EEPROM emulation: a flash image, and a RAM copy that exists
+ * only between open() and close(). Each commit() would erase a flash sector.
+ */
 class MemoryStorage : public smserver::ByteStorage {
  public:
   explicit MemoryStorage(size_t size = 512, uint8_t fill = 0xFF) : bytes(size, fill) {}
+  bool open() override {
+    if (!available) return false;
+    ++opens;
+    isOpen = true;
+    return true;
+  }
+  void close() override { isOpen = false; }
   size_t size() override { return bytes.size(); }
-  uint8_t read(size_t address) override { return bytes.at(address); }
-  void write(size_t address, uint8_t value) override { bytes.at(address) = value; }
+  uint8_t read(size_t address) override {
+    if (!isOpen) ++accessWhileClosed;
+    return bytes.at(address);
+  }
+  void write(size_t address, uint8_t value) override {
+    if (!isOpen) ++accessWhileClosed;
+    bytes.at(address) = value;
+  }
   bool commit() override {
+    if (!isOpen) ++accessWhileClosed;
     ++commits;
     return true;
   }
   std::vector<uint8_t> bytes;
+  bool available = true;  // false: the sketch holds EEPROM with too few bytes
+  bool isOpen = false;
+  int opens = 0;
   int commits = 0;
+  int accessWhileClosed = 0;
+};
+
+class FakeWallClock : public smserver::WallClock {
+ public:
+  void start() override { ++starts; }
+  bool isSet() override { return set; }
+  bool set = false;
+  int starts = 0;
 };
 
 class RecordingLog : public smserver::Log {

@@ -1,8 +1,9 @@
 /*
  * test_client.cpp - the device state machine against fake HTTP, broker,
- * clock and EEPROM: every registration answer, /mqtt, the one-shot token
- * refresh, backoff growth and cap, pings and pongs, echoes, the queue, and
- * that loop() never waits.
+ * clock, NTP and EEPROM: every registration answer, /mqtt, the one-shot token
+ * refresh, backoff growth and cap, pings and pongs, echoes, the queue,
+ * liveness after a revoke, flash writes, the clock wait for CA trust, and
+ * the timing bound of one loop() call.
  */
 #include <chrono>
 #include <string>
@@ -25,11 +26,16 @@ const std::string kOkToken = "{\"c\":\"OK\",\"t\":\"tok-1\"}";
 const std::string kOkBroker = "{\"c\":\"OK\",\"ip\":\"broker.local:1883\"}";
 
 struct Harness {
-  Harness() : http(clock), mqtt(clock), store(eeprom, 0, 1024), client(clock, http, mqtt, store, &log) {
+  explicit Harness(bool caTrust = false)
+      : http(clock, ops),
+        mqtt(clock, ops),
+        store(eeprom, 0, 1024),
+        client(clock, http, mqtt, store, &log, caTrust ? &wallClock : nullptr) {
     settings.uuid = kUuid;
     settings.registrationSecret = kSecret;
     settings.kind = kMaster;
     settings.jitterPercent = 0;  // exact waits; jitter has its own test
+    http.sessionOpen = mqtt.connectedFlag();
   }
 
   bool begin() { return client.begin(settings); }
@@ -45,7 +51,15 @@ struct Harness {
     tick();
   }
   void tick() {
-    for (int i = 0; i < 6; ++i) client.loop();
+    for (int i = 0; i < 10; ++i) loopOnce();
+  }
+  // One loop() call, measured: how many blocking steps it ran, how long it took.
+  void loopOnce() {
+    ops.inThisLoop = 0;
+    uint32_t before = clock.now;
+    client.loop();
+    uint32_t took = clock.now - before;
+    if (took > ops.longestLoopMs) ops.longestLoopMs = took;
   }
 
   // Registration, /mqtt and connect all succeed.
@@ -57,14 +71,23 @@ struct Harness {
   }
 
   FakeClock clock;
+  BlockingOps ops;
   FakeHttp http;
   FakeMqtt mqtt;
   MemoryStorage eeprom{1024};
   EepromKeyValueStore store;
   RecordingLog log;
+  FakeWallClock wallClock;
   DeviceClient client;
   Settings settings;
 };
+
+// Stores a token for kUuid as a previous boot would have, and returns the commit count.
+int storeToken(Harness& h, const char* token) {
+  KeyValue pairs[] = {{"uuid", kUuid}, {"token", token}};
+  h.store.putAll(pairs, 2);
+  return h.eeprom.commits;
+}
 
 // Time of the n-th request whose path starts with `prefix`.
 uint32_t requestTime(const FakeHttp& http, const std::string& prefix, size_t n) {
@@ -265,7 +288,7 @@ TEST(client_5xx_and_network_errors_back_off) {
   h.run(5000);
   CHECK(h.log.contains("token request: HTTP 503, retry in 10 s"));
   h.run(10000);
-  CHECK(h.log.contains("token request: network error (-1), retry in 20 s"));
+  CHECK(h.log.contains("token request: TCP connect failed (-2), retry in 20 s"));
   CHECK_EQ(h.http.requests.size(), 3u);
   CHECK_EQ(h.client.status(), kBackingOff);
 }
@@ -453,9 +476,11 @@ TEST(client_reconnects_after_losing_the_session) {
 
 // --------------------------------------------------------- ping / pong
 
-TEST(client_pings_every_15_seconds) {
+TEST(client_pings_every_10_seconds) {
+  // Under the server's 15 s silence window, so the server never has to PING.
   Harness h;
   h.mqtt.echo = false;
+  h.mqtt.serverAnswersPings = true;
   h.connectFully();
   uint32_t start = h.clock.now;
   h.run(60000);
@@ -464,8 +489,9 @@ TEST(client_pings_every_15_seconds) {
     const MqttPublish& p = h.mqtt.publishes[i];
     if (p.topic == kPingTopic && p.payload == "{\"c\":\"PING\"}") times.push_back(p.at - start);
   }
-  CHECK_EQ(times.size(), 5u);
-  for (size_t i = 0; i < times.size(); ++i) CHECK_EQ(times[i], 15000u * i);
+  CHECK_EQ(times.size(), 7u);
+  for (size_t i = 0; i < times.size(); ++i) CHECK_EQ(times[i], 10000u * i);
+  CHECK_EQ(h.mqtt.disconnects, 0);
 }
 
 TEST(client_answers_server_ping_with_pong) {
@@ -627,4 +653,300 @@ TEST(client_jitter_stays_within_bounds) {
 TEST(client_status_names) {
   CHECK_EQ(statusName(kNotRegistered), "not registered");
   CHECK_EQ(statusName(kConnected), "connected");
+}
+
+// --------------------------------------------------------- flash wear
+
+TEST(client_saves_the_token_once_a_session_worked_with_it) {
+  Harness h;
+  h.http.answer(200, kOkToken);
+  h.http.answer(200, kOkBroker);
+  h.http.answer(200, "{\"c\":\"OK\",\"t\":\"tok-2\"}");
+  h.http.answer(200, kOkBroker);
+  h.mqtt.refuse(kMqttUnauthorized);  // tok-1 is refused: it must never reach flash
+  h.begin();
+  h.run(0);
+  CHECK(h.client.connected());
+  CHECK_EQ(h.eeprom.commits, 1);  // uuid and token, in one sector write
+  char stored[32];
+  CHECK(h.store.get("token", stored, sizeof(stored)));
+  CHECK_EQ(stored, "tok-2");
+  // Reconnects with the same token write nothing.
+  h.run(60000);
+  h.mqtt.drop();
+  h.run(1000);
+  CHECK(h.client.connected());
+  CHECK_EQ(h.mqtt.connects.size(), 3u);
+  CHECK_EQ(h.eeprom.commits, 1);
+  CHECK_EQ(h.eeprom.accessWhileClosed, 0);
+}
+
+TEST(client_100_broker_refusals_write_no_flash) {
+  Harness h;
+  int before = storeToken(h, "stored");
+  // A misconfigured auth hook: every login is refused, old token and new.
+  for (int i = 0; i < 100; ++i) {
+    h.http.answer(200, kOkBroker);
+    h.mqtt.refuse(kMqttUnauthorized);
+    h.http.answer(200, "{\"c\":\"OK\",\"t\":\"fresh-" + std::to_string(i) + "\"}");
+  }
+  h.begin();
+  for (int cycle = 0; cycle < 100 && !h.http.answers.empty(); ++cycle) h.run(130000, 1000);
+  CHECK(h.mqtt.connects.size() >= 100u);
+  CHECK_EQ(h.eeprom.commits, before);  // not one sector erase
+  char stored[32];
+  CHECK(h.store.get("token", stored, sizeof(stored)));
+  CHECK_EQ(stored, "stored");  // refused, but never erased: marked stale in RAM only
+  CHECK(!h.client.connected());
+}
+
+TEST(client_100_mqtt_endpoint_refusals_write_no_flash) {
+  Harness h;
+  int before = storeToken(h, "revoked");
+  for (int i = 0; i < 100; ++i) {
+    h.http.answer(403, "{\"c\":\"FORBIDDEN\"}");  // /mqtt refuses the token
+    h.http.answer(200, kOkToken);                 // a new one, refused again below
+  }
+  h.begin();
+  for (int cycle = 0; cycle < 100 && !h.http.answers.empty(); ++cycle) h.run(130000, 1000);
+  CHECK(h.http.count("/mqtt") >= 100u);
+  CHECK_EQ(h.eeprom.commits, before);
+}
+
+TEST(client_stale_token_after_reboot_costs_one_request_not_a_write) {
+  Harness h;
+  int before = storeToken(h, "revoked");
+  h.http.answer(403, "{\"c\":\"FORBIDDEN\"}");
+  h.http.answer(200, "{\"c\":\"OK\",\"t\":\"tok-2\"}");
+  h.http.answer(200, kOkBroker);
+  h.begin();
+  h.run(0);
+  CHECK(h.client.connected());
+  CHECK_EQ(h.eeprom.commits, before + 1);  // the working token replaces the stale one
+}
+
+TEST(client_forget_token_erases_it) {
+  Harness h;
+  h.connectFully();
+  h.client.forgetToken();
+  char stored[32];
+  CHECK(!h.store.get("token", stored, sizeof(stored)));
+  CHECK(!h.client.hasToken());
+}
+
+TEST(client_unusable_eeprom_keeps_the_token_in_ram) {
+  Harness h;
+  h.eeprom.available = false;  // the sketch opened EEPROM with too few bytes
+  h.connectFully();
+  CHECK(h.client.connected());
+  CHECK(h.log.contains("could not save the token to EEPROM (kept in RAM)"));
+  CHECK_EQ(h.eeprom.commits, 0);
+}
+
+// ------------------------------------------------------------ liveness
+
+TEST(client_revoked_session_whose_topics_are_refused_comes_back) {
+  // go-auth and amqtt after a revoke: the TCP session stays, keepalive is
+  // answered, but every publish and delivery is denied.
+  Harness h;
+  h.mqtt.serverAnswersPings = true;
+  h.connectFully();
+  h.run(60000);
+  CHECK_EQ(h.mqtt.disconnects, 0);
+  h.mqtt.refuseTopics = true;
+  uint32_t refusedAt = h.clock.now;
+  h.http.answer(403, "{\"c\":\"FORBIDDEN\"}");  // /mqtt: the old token is revoked
+  h.http.answer(200, "{\"c\":\"OK\",\"t\":\"tok-2\"}");
+  h.http.answer(200, kOkBroker);
+  h.run(40000);
+  CHECK_EQ(h.mqtt.disconnects, 1);
+  CHECK(h.log.contains("MQTT: nothing heard for 25 s (revoked, or topics refused), retry in 5 s"));
+  CHECK(h.log.contains("/mqtt: FORBIDDEN (token refused), requesting a new token"));
+  CHECK(h.client.connected());
+  CHECK_EQ(h.mqtt.connects.back().password, "tok-2");
+  // Dropped within two and a half ping intervals of the last message heard.
+  uint32_t mqttCall = requestTime(h.http, "/mqtt", 1);
+  CHECK(mqttCall - refusedAt <= 25000u + 5000u);
+  CHECK_EQ(h.http.requestsDuringMqttSession, 0);
+  // A revoke on EMQX is a kick instead: the lost-session path handles it.
+}
+
+TEST(client_session_with_refused_topics_reconnects_with_backoff) {
+  // A broker that keeps accepting the login but refuses every topic (a
+  // broken ACL hook): each session is dropped after 25 s, and the waits
+  // between them grow as after any failure.
+  Harness h;
+  h.connectFully();
+  h.run(60000);  // a good, stable session first
+  for (int i = 0; i < 4; ++i) h.http.answer(200, kOkBroker);
+  h.mqtt.refuseEverySession = h.mqtt.refuseTopics = true;
+  h.run(180000, 500);
+  const char* drop = "MQTT: nothing heard for 25 s (revoked, or topics refused), retry in ";
+  CHECK(h.log.contains(std::string(drop) + "5 s"));
+  CHECK(h.log.contains(std::string(drop) + "10 s"));
+  CHECK(h.log.contains(std::string(drop) + "20 s"));
+  CHECK(h.mqtt.disconnects >= 4);
+  CHECK_EQ(h.http.count("/mqtt"), 5u);  // each new session goes through /mqtt
+  CHECK_EQ(h.http.count(kAuth), 1u);    // the token is fine: no re-registration
+  CHECK_EQ(h.eeprom.commits, 1);
+}
+
+TEST(client_stays_connected_when_only_the_server_is_silent) {
+  // The broker delivers (our PINGs come back) but no PONG: the pinger is
+  // down. A new session would not help, so the device stays and says so.
+  Harness h;
+  h.connectFully();
+  h.run(120000);
+  CHECK_EQ(h.mqtt.disconnects, 0);
+  CHECK(h.client.connected());
+  CHECK(h.log.contains("no PONG from the server for 25 s (is its pinger running?); staying connected"));
+  size_t said = 0;
+  for (size_t i = 0; i < h.log.lines.size(); ++i) said += h.log.lines[i].find("no PONG") != std::string::npos;
+  CHECK_EQ(said, 1u);
+}
+
+TEST(client_server_pongs_alone_keep_the_session) {
+  Harness h;
+  h.mqtt.echo = false;  // a broker with "no local" (EMQX's ignore_loop_deliver)
+  h.mqtt.serverAnswersPings = true;
+  h.connectFully();
+  h.run(300000);
+  CHECK_EQ(h.mqtt.disconnects, 0);
+  CHECK(!h.log.contains("no PONG"));
+}
+
+TEST(client_silence_limit_zero_turns_liveness_off) {
+  Harness h;
+  h.settings.silenceLimitMs = 0;
+  h.connectFully();
+  h.mqtt.refuseTopics = true;
+  h.run(300000);
+  CHECK(h.client.connected());
+  CHECK_EQ(h.mqtt.disconnects, 0);
+}
+
+// ------------------------------------------------------ clock (CA trust)
+
+TEST(client_ca_trust_waits_for_the_clock_before_any_request) {
+  Harness h(true);
+  h.http.answer(200, kOkToken);
+  h.http.answer(200, kOkBroker);
+  h.begin();
+  CHECK_EQ(h.client.status(), kSettingClock);
+  CHECK_EQ(h.wallClock.starts, 1);
+  h.run(19900);
+  CHECK(h.http.requests.empty());
+  CHECK(!h.log.contains("clock not set"));
+  h.run(200);
+  CHECK(h.log.contains("clock not set: no NTP answer yet"));
+  h.run(30000);
+  CHECK(h.http.requests.empty());
+  h.wallClock.set = true;
+  h.run(100);
+  CHECK(h.log.contains("clock set (NTP)"));
+  CHECK(h.client.connected());
+  CHECK_EQ(h.wallClock.starts, 1);
+}
+
+TEST(client_set_clock_or_no_ca_does_not_wait) {
+  Harness h(true);
+  h.wallClock.set = true;  // the sketch set the time already
+  h.connectFully();
+  CHECK(h.client.connected());
+  CHECK_EQ(h.wallClock.starts, 0);
+  Harness plain;  // no CA trust: no clock at all
+  plain.connectFully();
+  CHECK(plain.client.connected());
+}
+
+// ---------------------------------------------------- timing and memory
+
+TEST(client_worst_case_figures_match_the_readme) {
+  CHECK_EQ(httpWorstCaseMs(5000, false), 10300u);
+  CHECK_EQ(httpWorstCaseMs(5000, true), 25600u);
+  CHECK_EQ(mqttConnectWorstCaseMs(5000, false), 10300u);
+  CHECK_EQ(mqttConnectWorstCaseMs(5000, true), 25300u);
+  CHECK_EQ(mqttConnectWorstCaseMs(2500, false), 5800u);  // CONNACK: whole seconds
+  CHECK_EQ(loopWorstCaseMs(5000, false, 5000, false), 10300u);
+  CHECK_EQ(loopWorstCaseMs(5000, true, 5000, true), 25600u);
+  CHECK_EQ(loopWorstCaseMs(5000, false, 5000, true), 25300u);
+}
+
+// Every path the state machine knows, with each network step taking as long
+// as its bound allows: one loop() call never runs two of them.
+void runEveryPath(Harness& h) {
+  h.mqtt.serverAnswersPings = true;
+  h.http.answer(401, "{\"c\":\"NOT_REGISTERED\"}");
+  h.http.answer(429, "{\"c\":\"RATE_LIMITED\"}", 3);
+  h.http.answer(200, kOkToken);
+  h.http.answer(500, "{\"c\":\"ERROR\"}");
+  h.http.answer(200, kOkBroker);
+  h.mqtt.refuse(kMqttConnectFailed);
+  h.mqtt.refuse(kMqttUnauthorized);
+  h.http.answer(200, "{\"c\":\"OK\",\"t\":\"tok-2\"}");
+  h.http.answer(200, kOkBroker);
+  h.begin();
+  h.run(200000, 500);
+  CHECK(h.client.connected());
+  h.mqtt.drop();  // EMQX kicks it
+  h.run(30000, 500);
+  h.mqtt.refuseTopics = true;  // go-auth refuses its topics
+  h.http.answer(403, "{\"c\":\"FORBIDDEN\"}");
+  h.http.answer(200, "{\"c\":\"OK\",\"t\":\"tok-3\"}");
+  h.http.answer(200, kOkBroker);
+  h.run(200000, 500);
+  CHECK(h.client.connected());
+  CHECK_EQ(h.mqtt.connects.back().password, "tok-3");
+}
+
+TEST(client_never_runs_two_blocking_steps_in_one_loop) {
+  Harness h;
+  runEveryPath(h);
+  CHECK_EQ(h.ops.mostInOneLoop, 1);
+  CHECK_EQ(h.http.requestsDuringMqttSession, 0);  // at most one TLS session at a time
+}
+
+TEST(client_one_loop_call_stays_within_the_stated_worst_case) {
+  for (int tls = 0; tls < 2; ++tls) {
+    Harness h;
+    h.http.stallMs = httpWorstCaseMs(5000, tls != 0);
+    h.mqtt.stallMs = mqttConnectWorstCaseMs(5000, tls != 0);
+    runEveryPath(h);
+    uint32_t bound = loopWorstCaseMs(5000, tls != 0, 5000, tls != 0);
+    CHECK(h.ops.longestLoopMs > 0u);
+    CHECK(h.ops.longestLoopMs <= bound);
+    CHECK_EQ(h.ops.mostInOneLoop, 1);
+  }
+}
+
+TEST(client_connects_and_subscribes_in_separate_loop_calls) {
+  Harness h;
+  h.http.answer(200, kOkToken);
+  h.http.answer(200, kOkBroker);
+  h.begin();
+  h.loopOnce();  // token
+  h.loopOnce();  // /mqtt
+  h.loopOnce();  // connect
+  CHECK_EQ(h.mqtt.connects.size(), 1u);
+  CHECK(h.mqtt.subscriptions.empty());
+  CHECK(!h.client.connected());
+  CHECK(!h.client.publishData("{}"));  // not before the subscriptions
+  h.loopOnce();  // subscribe, save, first PING
+  CHECK_EQ(h.mqtt.subscriptions.size(), 2u);
+  CHECK(h.client.connected());
+}
+
+TEST(client_reads_answers_into_bounded_buffers) {
+  Harness h;
+  h.connectFully();
+  CHECK_EQ(h.http.bodySizes.at(0), static_cast<size_t>(SMSERVER_TOKEN_SIZE));  // registration
+  CHECK_EQ(h.http.bodySizes.at(1), kHostSize + 64);                           // /mqtt
+  // A token answer larger than the buffer is not read: it is no token.
+  Harness big;
+  big.http.answer(200, "{\"c\":\"OK\",\"t\":\"" + std::string(SMSERVER_TOKEN_SIZE, 'x') + "\"}");
+  big.begin();
+  big.run(0);
+  CHECK(!big.client.hasToken());
+  CHECK(big.log.contains("token request: unreadable 200 answer"));
+  CHECK(big.mqtt.connects.empty());
 }

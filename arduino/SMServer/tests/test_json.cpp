@@ -69,3 +69,11 @@ TEST(json_limits_nesting) {
   char out[8];
   CHECK(!jsonGetString(deep.c_str(), "c", out, sizeof(out)));  // refused, not a stack overflow
 }
+
+TEST(json_extracts_in_place) {
+  // The client reads the registration answer into its token buffer and
+  // extracts the token over it: writes never overtake the reading position.
+  char buffer[64] = "{\"c\":\"OK\",\"t\":\"a\\u00e9b.c\\\"d\"}";
+  CHECK(jsonGetString(buffer, "t", buffer, sizeof(buffer)));
+  CHECK_EQ(buffer, "a\xc3\xa9" "b.c\"d");
+}

@@ -1,12 +1,18 @@
 /*
  * test_kvstore.cpp - the EEPROM key-value store: blank, foreign and corrupted
- * images read as empty; round trips; in-place updates; flash-sparing commits.
+ * images read as empty; round trips; in-place updates; at most one commit
+ * per call and none when no byte changes; all-or-nothing writes; the RAM copy
+ * touched only between open() and close().
  */
+#include <string>
+#include <vector>
+
 #include "fakes.h"
 #include "sm_kvstore.h"
 #include "test_framework.h"
 
 using smserver::EepromKeyValueStore;
+using smserver::KeyValue;
 
 TEST(kv_blank_eeprom_reads_empty) {
   for (int fill = 0; fill <= 0xFF; fill += 0xFF) {
@@ -88,9 +94,76 @@ TEST(kv_unchanged_put_does_not_commit) {
   MemoryStorage eeprom;
   EepromKeyValueStore store(eeprom, 0, 512);
   CHECK(store.put("token", "same"));
-  int commits = eeprom.commits;
+  CHECK_EQ(eeprom.commits, 1);  // formatting the blank area and the record: one commit
   CHECK(store.put("token", "same"));
-  CHECK_EQ(eeprom.commits, commits);
+  CHECK_EQ(eeprom.commits, 1);
+  CHECK(store.put("token", "diff"));  // same length, other bytes
+  CHECK_EQ(eeprom.commits, 2);
+}
+
+TEST(kv_put_all_commits_once_and_only_on_change) {
+  MemoryStorage eeprom;
+  EepromKeyValueStore store(eeprom, 0, 512);
+  KeyValue pairs[] = {{"uuid", "123e4567-e89b-12d3-a456-426614174000"}, {"token", "t1"}};
+  CHECK(store.putAll(pairs, 2));
+  CHECK_EQ(eeprom.commits, 1);
+  CHECK(store.putAll(pairs, 2));
+  CHECK_EQ(eeprom.commits, 1);
+  pairs[1].value = "t2";
+  CHECK(store.putAll(pairs, 2));
+  CHECK_EQ(eeprom.commits, 2);
+  char out[64];
+  CHECK(store.get("uuid", out, sizeof(out)));
+  CHECK_EQ(out, "123e4567-e89b-12d3-a456-426614174000");
+  CHECK(store.get("token", out, sizeof(out)));
+  CHECK_EQ(out, "t2");
+  CHECK_EQ(eeprom.accessWhileClosed, 0);
+  CHECK(!eeprom.isOpen);
+}
+
+TEST(kv_put_all_is_all_or_nothing) {
+  MemoryStorage eeprom(64);
+  EepromKeyValueStore store(eeprom, 0, 64);
+  CHECK(store.put("a", "1"));
+  std::vector<uint8_t> before = eeprom.bytes;
+  std::string big(40, 'x');
+  KeyValue pairs[] = {{"b", "2"}, {"token", big.c_str()}};  // the first fits, both do not
+  CHECK(!store.putAll(pairs, 2));
+  CHECK(eeprom.bytes == before);
+  CHECK_EQ(eeprom.commits, 1);
+  KeyValue twice[] = {{"k", "1"}, {"k", "2"}};
+  CHECK(!store.putAll(twice, 2));
+  KeyValue nullValue[] = {{"k", NULL}};
+  CHECK(!store.putAll(nullValue, 1));
+  CHECK(eeprom.bytes == before);
+}
+
+TEST(kv_remove_and_clear_commit_only_what_changes) {
+  MemoryStorage eeprom;
+  EepromKeyValueStore store(eeprom, 0, 512);
+  CHECK(store.clear());
+  CHECK_EQ(eeprom.commits, 1);
+  CHECK(store.clear());  // already an empty store
+  CHECK_EQ(eeprom.commits, 1);
+  CHECK(store.remove("absent"));
+  CHECK_EQ(eeprom.commits, 1);
+  CHECK(store.put("token", "x"));
+  CHECK(store.remove("token"));
+  CHECK_EQ(eeprom.commits, 3);
+  CHECK_EQ(eeprom.accessWhileClosed, 0);
+}
+
+TEST(kv_unavailable_storage_is_refused_not_touched) {
+  MemoryStorage eeprom;
+  eeprom.available = false;  // e.g. the sketch opened EEPROM with too few bytes
+  EepromKeyValueStore store(eeprom, 0, 512);
+  char out[8];
+  CHECK(!store.put("k", "v"));
+  CHECK(!store.get("k", out, sizeof(out)));
+  CHECK(!store.remove("k"));
+  CHECK(!store.valid());
+  CHECK_EQ(eeprom.commits, 0);
+  CHECK_EQ(eeprom.accessWhileClosed, 0);
 }
 
 TEST(kv_refuses_what_does_not_fit) {

@@ -1,7 +1,8 @@
 /*
  * Basic - registers one master device with iot_server, keeps it online
- * (PING every 15 s, PONG to the server's PINGs) and publishes a reading on
+ * (PING every 10 s, PONG to the server's PINGs) and publishes a reading on
  * device/<uuid>/data every 30 s. Messages received on its topics are printed.
+ * Plain http:// and MQTT, for a server on your LAN; SecureFleet shows TLS.
  *
  * Before flashing: fill in WiFi, the server URL, a uuid of your own and the
  * master registration secret (DEVICE_MASTER_SECRET_KEY). Then claim the uuid
@@ -21,8 +22,8 @@ SMServerConfig makeConfig() {
   config.uuid = "123e4567-e89b-12d3-a456-426614174000";    // one per device
   config.registrationSecret = "DEVICE_MASTER_SECRET_KEY value";
   config.kind = smserver::kMaster;
-  // For https:// pin the server certificate (or set httpsCaCert):
-  // config.httpsFingerprint = "AB:CD:...";
+  // For https:// trust the CA (see the SecureFleet example) or pin the
+  // server's public key: config.httpsCaCert = ... or config.httpsPublicKey = ...
   return config;
 }
 

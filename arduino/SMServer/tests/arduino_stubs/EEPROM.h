@@ -10,6 +10,8 @@ class EEPROMClass {
   uint8_t read(int const address);
   void write(int const address, uint8_t const val);
   bool commit();
+  bool end();
+  size_t length();
 };
 extern EEPROMClass EEPROM;
 

@@ -11,7 +11,18 @@ class WiFiClient : public Client {
  public:
   WiFiClient();
   virtual ~WiFiClient();
-  size_t write(uint8_t c);
+  int connect(IPAddress ip, uint16_t port) override;
+  int connect(const char* host, uint16_t port) override;
+  size_t write(uint8_t c) override;
+  size_t write(const uint8_t* buffer, size_t size) override;
+  int available() override;
+  int read() override;
+  int read(uint8_t* buffer, size_t size) override;
+  int peek() override;
+  void flush() override;
+  void stop() override;
+  uint8_t connected() override;
+  void setNoDelay(bool nodelay);
 };
 
 class ESP8266WiFiClass {
@@ -21,6 +32,8 @@ class ESP8266WiFiClass {
   wl_status_t status();
   IPAddress localIP();
   int32_t RSSI();
+  uint8_t* macAddress(uint8_t* mac);
+  int hostByName(const char* host, IPAddress& result, uint32_t timeout_ms);
 };
 extern ESP8266WiFiClass WiFi;
 

@@ -10,12 +10,14 @@ class PubSubClient {
  public:
   PubSubClient();
   explicit PubSubClient(Client& client);
+  PubSubClient& setServer(IPAddress ip, uint16_t port);
   PubSubClient& setServer(const char* domain, uint16_t port);
   PubSubClient& setCallback(MQTT_CALLBACK_SIGNATURE);
   PubSubClient& setClient(Client& client);
   PubSubClient& setKeepAlive(uint16_t keepAlive);
   PubSubClient& setSocketTimeout(uint16_t timeout);
   boolean setBufferSize(uint16_t size);
+  uint16_t getBufferSize();
   boolean connect(const char* id, const char* user, const char* pass);
   void disconnect();
   boolean publish(const char* topic, const char* payload);
