@@ -285,7 +285,12 @@ def test_process_flushes_on_sigterm_and_exits_zero(
 def test_process_stops_while_the_broker_is_unreachable():
     process = pinger_process(pinger_env(MQTT_BROKER_URL=f"mqtt://127.0.0.1:{free_port()}"))
     try:
-        time.sleep(1.5)  # inside paho's reconnect backoff
+        # Its signal handlers are set before it says it is connecting: wait for that line
+        # (a loaded machine can take seconds to import), then for paho's retry backoff.
+        for line in process.stderr:
+            if "pinger connecting" in line:
+                break
+        time.sleep(1.5)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=10)
