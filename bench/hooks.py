@@ -38,7 +38,12 @@ SECRETS = {
     "MQTT_SECRET_KEY": "bench-mqtt-secret",
 }
 ENDPOINTS = ("healthz", "emqx_authn", "emqx_authz", "mosquitto_acl")
-TARGETS = {"emqx_authn": 0.6, "emqx_authz": 0.8, "mosquitto_acl": 0.8}
+#: Ratio to /healthz each endpoint should reach (issue 17); a login spread over many devices
+#: (`--spread`) has a lower bar than one device's reconnects.
+TARGETS = {"emqx_authn": 0.9, "emqx_authz": 0.8, "mosquitto_acl": 0.8}
+SPREAD_TARGETS = {"emqx_authn": 0.75, "emqx_authz": 0.8, "mosquitto_acl": 0.8}
+#: /healthz of the real app against a bare Flask app under the same gunicorn.conf.py.
+BARE_TARGET = 0.8
 
 
 def free_port() -> int:
@@ -286,12 +291,22 @@ def wait_ready(base: str, process: subprocess.Popen, timeout: float = 30) -> Non
 
 
 @contextlib.contextmanager
-def running_gunicorn(env: dict[str, str], cpus: str | None = None):
-    """`gunicorn -c gunicorn.conf.py wsgi:app` (pinned to `cpus` with taskset), ready on
+def running_gunicorn(env: dict[str, str], cpus: str | None = None, app: str = "wsgi:app"):
+    """`gunicorn -c gunicorn.conf.py <app>` (pinned to `cpus` with taskset), ready on
     `PORT`; yields its base URL and process, and stops its whole process group after."""
     pin = ["taskset", "-c", cpus] if cpus else []
     gunicorn = subprocess.Popen(
-        [*pin, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        [
+            *pin,
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gunicorn.conf.py",
+            "--pythonpath",
+            "bench",
+            app,
+        ],  # fmt: skip
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -342,6 +357,11 @@ def main(argv: list[str] | None = None) -> None:
         "for a figure per API core",
     )
     parser.add_argument("--load-cpus", help="pin the load processes to these cores, e.g. 1")
+    parser.add_argument(
+        "--no-bare",
+        action="store_true",
+        help="skip the floor: /healthz of a bare Flask app under the same gunicorn.conf.py",
+    )
     args = parser.parse_args(argv)
     # Run as `python bench/hooks.py`: the project root is not on the path by itself.
     sys.path.insert(0, str(ROOT))
@@ -352,6 +372,19 @@ def main(argv: list[str] | None = None) -> None:
     reset_database(database_url, env)
     devices = seed(env, args.masters, args.agents)
     rows = []
+    context = multiprocessing.get_context("spawn")
+    load_cores = parse_cpus(args.load_cpus)
+    if not args.no_bare:
+        with (
+            running_gunicorn(env, args.cpus, "bare_app:app") as (base, gunicorn),
+            context.Pool(args.load_processes, pin_load_process, (load_cores,)) as pool,
+        ):
+            load = (pool, base, "healthz", devices, args.clients, args.load_processes)
+            load = (*load, args.spread, args.rate)
+            measure(*load, args.warmup)
+            used = cpu_seconds(gunicorn.pid)
+            rows.append({**measure(*load, args.duration), "endpoint": "bare flask /healthz"})
+            rows[-1]["api_cpu_s"] = cpu_seconds(gunicorn.pid) - used
     with running_gunicorn(env, args.cpus) as (base, gunicorn):
         workers = env.get("WEB_CONCURRENCY") or str(2 * (os.cpu_count() or 1) + 1)
         print(
@@ -364,8 +397,6 @@ def main(argv: list[str] | None = None) -> None:
             f"gunicorn on cores {args.cpus or 'any'}, load on cores {args.load_cpus or 'any'}",
             flush=True,
         )
-        context = multiprocessing.get_context("spawn")
-        load_cores = parse_cpus(args.load_cpus)
         with context.Pool(args.load_processes, pin_load_process, (load_cores,)) as pool:
             # /healthz first and last: the ceiling is their mean, which evens out drift
             # in what else the machine is doing during the run.
@@ -382,10 +413,18 @@ def main(argv: list[str] | None = None) -> None:
     ceiling = statistics.mean(row["rps"] for row in ceilings)
     runs = " and ".join(f"{row['rps']:.0f}" for row in ceilings)
     print(f"/healthz ceiling: mean of {runs} req/s")
+    bare = next((row for row in rows if row["endpoint"].startswith("bare")), None)
+    if bare:
+        floor = ceiling / bare["rps"]
+        print(
+            f"/healthz against a bare Flask app under the same gunicorn.conf.py: "
+            f"{ceiling:.0f} / {bare['rps']:.0f} = {floor:.2f} (target ≥ {BARE_TARGET})"
+        )
+    targets = SPREAD_TARGETS if args.spread else TARGETS
     print("\n| endpoint | requests/s | p50 ms | p99 ms | ratio to /healthz | target | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        target = TARGETS.get(row["endpoint"])
+        target = targets.get(row["endpoint"])
         print(
             f"| {row['endpoint']} | {row['rps']:.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} "
             f"| {row['rps'] / ceiling:.2f} | {f'≥ {target}' if target else '—'} "

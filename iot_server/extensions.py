@@ -1,8 +1,9 @@
 """Flask extensions, created unbound here and bound in `create_app()`."""
 
+import flask_limiter
 from flask import current_app, request
 from flask_jwt_extended import JWTManager
-from flask_limiter import Limit, Limiter
+from flask_limiter import Limit
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase
@@ -20,6 +21,30 @@ def client_ip() -> str:
 def default_rate_limit() -> str:
     """`RATELIMIT_DEFAULT`, read per request so every app uses its own config."""
     return current_app.config["RATELIMIT_DEFAULT"]
+
+
+#: Blueprints no rate limit applies to (SPEC.md: the broker hooks and health), by name.
+UNLIMITED_BLUEPRINTS: set[str] = set()
+
+
+def exempt_from_rate_limits(blueprint):
+    """Mark a blueprint as never rate limited (call at its definition, like a decorator)."""
+    UNLIMITED_BLUEPRINTS.add(blueprint.name)
+    return blueprint
+
+
+class Limiter(flask_limiter.Limiter):
+    """flask-limiter, skipping its per-request check outright for unlimited blueprints.
+
+    Its own exemption handling still resolves every limit, exemption scope and meta limit
+    of the request first, which costs more than the whole /healthz view: the broker hooks
+    and the health probes, which have no limits, pay nothing for the limiter.
+    """
+
+    def _check_request_limit(self, callable_name=None, in_middleware=True) -> None:
+        if in_middleware and request.blueprint in UNLIMITED_BLUEPRINTS:
+            return
+        super()._check_request_limit(callable_name, in_middleware)
 
 
 db = SQLAlchemy(model_class=Base)

@@ -9,10 +9,10 @@ from sqlalchemy import text
 
 from .. import metrics
 from ..errors import error_response, is_stale_connection
-from ..extensions import db, limiter
+from ..extensions import db, exempt_from_rate_limits
 
 bp = Blueprint("health", __name__)
-limiter.exempt(bp)
+exempt_from_rate_limits(bp)
 log = logging.getLogger("iot_server.health")
 
 

@@ -14,7 +14,7 @@ from flask import Blueprint, jsonify, request
 
 from .. import metrics, policy
 from ..errors import error_response
-from ..extensions import limiter
+from ..extensions import exempt_from_rate_limits
 from . import callers, decisions
 from .bodies import read_body
 from .decisions import ALLOW, DENY, IGNORE, Decision
@@ -30,7 +30,7 @@ AUTHZ_BODY_FIELDS = ("clientid", "username", "topic", "action", "qos", "retain")
 EMQX_ACTIONS = {"publish": (policy.PUBLISH,), "subscribe": (policy.SUBSCRIBE,)}
 
 bp = Blueprint("emqx_hooks", __name__)
-limiter.exempt(bp)
+exempt_from_rate_limits(bp)
 log = logging.getLogger("iot_server.hooks.emqx")
 
 
