@@ -32,8 +32,7 @@ from .device_state import (
     DatabaseUnavailable,
     DeviceState,
     load_device_state,
-    needs_recording,
-    record_session,
+    remember_session,
 )
 
 log = logging.getLogger("iot_server.hooks")
@@ -112,19 +111,16 @@ def authenticate(username: object, password: object, clientid: object) -> Decisi
     if refusal is not None:
         return _login_denied(username, refusal, uuid, key)
 
-    if needs_recording(device, clientid):
-        try:
-            session = record_session(
-                uuid, clientid, device.token_version, prune=clientid not in device.sessions
-            )
-        except DatabaseUnavailable as exc:
-            log.error("login denied for %s: database unavailable (%s)", username, exc)
-            return Decision(DENY, "database unavailable")
-        if session is None:
-            # Revoked (here or on another instance) since we read it: remembering the
-            # session would let it use topics the revocation has just taken away.
-            return _login_denied(username, devices.REVOKED, uuid, key)
-        device = device.with_session(clientid, session)
+    try:
+        remembered = remember_session(device, clientid)
+    except DatabaseUnavailable as exc:
+        log.error("login denied for %s: database unavailable (%s)", username, exc)
+        return Decision(DENY, "database unavailable")
+    if remembered is None:
+        # Revoked (here or on another instance) since we read it: remembering the session
+        # would let it use topics the revocation has just taken away.
+        return _login_denied(username, devices.REVOKED, uuid, key)
+    device = remembered
     hooks.devices.put(uuid, device, device.loaded_at + config["HOOK_CACHE_TTL"])
     return Decision(ALLOW, identity=device.identity(), expire_at=int(claims["exp"]))
 

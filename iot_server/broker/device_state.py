@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
-from sqlalchemy import and_, bindparam, delete, literal, or_, select
+from sqlalchemy import and_, bindparam, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -141,52 +141,83 @@ def needs_recording(state: DeviceState, clientid: str, now: datetime | None = No
 
 
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+_SESSION_STATEMENTS: dict[str, tuple] = {}
+
+
+def _session_statements(dialect: str) -> tuple:
+    """The upsert and the prune of `record_session` for a dialect, built once."""
+    if dialect not in _SESSION_STATEMENTS:
+        upsert = _INSERTS[dialect](_SESSIONS).from_select(
+            ["device_uuid", "client_id", "token_version", "authenticated_at"],
+            select(
+                _D.uuid,
+                bindparam("clientid", type_=_S.client_id.type),
+                _D.token_version,
+                bindparam("now", type_=_S.authenticated_at.type),
+            )
+            .where(_D.uuid == bindparam("uuid"), _D.token_version == bindparam("version"))
+            # FOR SHARE (PostgreSQL): wait for a revocation writing the row, then re-check
+            # the version, so a session is never remembered past a committed revoke.
+            .with_for_update(read=True),
+        )
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[_S.device_uuid, _S.client_id],
+            set_={
+                "token_version": upsert.excluded.token_version,
+                "authenticated_at": upsert.excluded.authenticated_at,
+            },
+        )
+        keep = (
+            select(_S.client_id)
+            .where(_S.device_uuid == bindparam("uuid"))
+            .order_by(_S.authenticated_at.desc(), _S.client_id)
+            .limit(SESSIONS_PER_DEVICE)
+        )
+        prune = delete(_SESSIONS).where(
+            _S.device_uuid == bindparam("uuid"), _S.client_id.not_in(keep)
+        )
+        _SESSION_STATEMENTS[dialect] = (upsert, prune)
+    return _SESSION_STATEMENTS[dialect]
+
+
+def remember_session(state: DeviceState, clientid: str) -> DeviceState | None:
+    """`state` with `clientid` remembered at its token version (written only when
+    `needs_recording`), or None when a revocation committed since `state` was read."""
+    if not needs_recording(state, clientid):
+        return state
+    # Pruning is only needed when this may be a 17th: most devices have one or two.
+    prune = clientid not in state.sessions and len(state.sessions) >= SESSIONS_PER_DEVICE
+    session = record_session(state.uuid, clientid, state.token_version, prune=prune)
+    return None if session is None else state.with_session(clientid, session)
 
 
 def record_session(
-    uuid: str, clientid: str, token_version: int, prune: bool = True
+    uuid: str, clientid: str, token_version: int, prune: bool = False
 ) -> Session | None:
-    """Remember that `clientid` authenticated with `token_version`; with `prune` (a client
-    id new to the caller), forget the least recently authenticated beyond
-    SESSIONS_PER_DEVICE.
+    """Remember that `clientid` authenticated with `token_version`; with `prune`, forget
+    the least recently authenticated sessions beyond SESSIONS_PER_DEVICE.
 
     Written only while the device is still at that version (one `INSERT … SELECT … WHERE
     token_version = v … ON CONFLICT DO UPDATE`): None when a revocation committed since
-    the caller read it. Concurrent logins of new client ids may leave a few more than 16
+    the caller read it. Without `prune` the upsert runs alone in autocommit (no BEGIN and
+    COMMIT round trips). Concurrent logins of new client ids may leave a few more than 16
     rows for a moment; the next new one prunes them.
     """
     now = utcnow()
-    stamp = literal(now, DeviceSession.authenticated_at.type)
-    upsert = _INSERTS[db.engine.dialect.name](_SESSIONS).from_select(
-        ["device_uuid", "client_id", "token_version", "authenticated_at"],
-        select(_D.uuid, literal(clientid, _S.client_id.type), _D.token_version, stamp)
-        .where(_D.uuid == uuid, _D.token_version == token_version)
-        # FOR SHARE (PostgreSQL): wait for a revocation writing the row, then re-check
-        # the version, so a session is never remembered past a committed revoke.
-        .with_for_update(read=True),
-    )
-    upsert = upsert.on_conflict_do_update(
-        index_elements=[_S.device_uuid, _S.client_id],
-        set_={
-            "token_version": upsert.excluded.token_version,
-            "authenticated_at": upsert.excluded.authenticated_at,
-        },
-    )
-    keep = (
-        select(_S.client_id)
-        .where(_S.device_uuid == uuid)
-        .order_by(_S.authenticated_at.desc(), _S.client_id)
-        .limit(SESSIONS_PER_DEVICE)
-    )
-    prune_statement = delete(_SESSIONS).where(_S.device_uuid == uuid, _S.client_id.not_in(keep))
+    upsert, prune_statement = _session_statements(db.engine.dialect.name)
+    params = {"uuid": uuid, "clientid": clientid, "version": token_version, "now": now}
+    # preserve_rowcount: SQLAlchemy keeps an INSERT's rowcount only when asked.
+    options = {"preserve_rowcount": True}
     try:
-        with db.engine.begin() as conn:
-            # preserve_rowcount: SQLAlchemy keeps an INSERT's rowcount only when asked.
-            result = conn.execute(upsert, execution_options={"preserve_rowcount": True})
-            if result.rowcount != 1:
-                return None
-            if prune:
-                conn.execute(prune_statement)
+        if prune:
+            with db.engine.begin() as conn:
+                if conn.execute(upsert, params, execution_options=options).rowcount != 1:
+                    return None
+                conn.execute(prune_statement, {"uuid": uuid})
+        else:
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                if conn.execute(upsert, params, execution_options=options).rowcount != 1:
+                    return None
     except SQLAlchemyError as exc:
         raise DatabaseUnavailable(type(exc).__name__) from None
     return Session(token_version, now)
