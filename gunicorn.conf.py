@@ -13,13 +13,9 @@ from iot_server.logs import logging_config
 
 _config = Config()
 
-# Refuse to start without the secrets: one line naming every missing one, exit 1.
-_missing = _config.missing_secrets()
-_problems = [f"missing required environment variables: {', '.join(_missing)}"] if _missing else []
-if _config.DEVICE_MASTER_SECRET_KEY and (
-    _config.DEVICE_MASTER_SECRET_KEY == _config.DEVICE_AGENT_SECRET_KEY
-):
-    _problems.append("DEVICE_MASTER_SECRET_KEY and DEVICE_AGENT_SECRET_KEY must differ")
+# Refuse to start without the database or the secrets: one line naming every problem and
+# how to make a secret, exit 1 (Config.startup_problems).
+_problems = _config.startup_problems()
 if _problems:
     sys.exit("iot_server: " + "; ".join(_problems))
 

@@ -15,6 +15,8 @@ REQUIRED_SECRETS = (
     "DEVICE_AGENT_SECRET_KEY",
     "MQTT_SECRET_KEY",
 )
+#: How to make a secret, as the startup refusal tells it.
+MAKE_A_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 def env_str(name: str, default: str | None = None) -> str | None:
@@ -112,6 +114,23 @@ class Config:
     def missing_secrets(self) -> list[str]:
         """Names of the required secrets that are unset."""
         return [name for name in REQUIRED_SECRETS if not getattr(self, name)]
+
+    def startup_problems(self) -> list[str]:
+        """Why production (gunicorn.conf.py) must refuse to start with this configuration:
+        each a short clause, joined into one line by the caller; empty when it may start."""
+        problems = []
+        missing = self.missing_secrets()
+        # Production never falls back to a local SQLite file (SPEC.md, "Configuration").
+        required = (["DATABASE_URL"] if not self.SQLALCHEMY_DATABASE_URI else []) + missing
+        if required:
+            problems.append(f"missing required environment variables: {', '.join(required)}")
+        if self.DEVICE_MASTER_SECRET_KEY and (
+            self.DEVICE_MASTER_SECRET_KEY == self.DEVICE_AGENT_SECRET_KEY
+        ):
+            problems.append("DEVICE_MASTER_SECRET_KEY and DEVICE_AGENT_SECRET_KEY must differ")
+        if missing:
+            problems.append(f"make each secret with: {MAKE_A_SECRET}")
+        return problems
 
 
 class DevelopmentConfig(Config):
