@@ -99,6 +99,10 @@ class Config:
         self.EMQX_API_SECRET = env_str("EMQX_API_SECRET")
         self.AUTH_NEGATIVE_TTL = env_int("AUTH_NEGATIVE_TTL", 5)
         self.HOOK_CACHE_TTL = env_int("HOOK_CACHE_TTL", 2)
+        # The exact device-state cache (PostgreSQL LISTEN/NOTIFY, broker/state_cache.py):
+        # a safety TTL in seconds and a size bound per process; 0 entries turns it off.
+        self.DEVICE_CACHE_TTL = env_int("DEVICE_CACHE_TTL", 300)
+        self.DEVICE_CACHE_SIZE = env_int("DEVICE_CACHE_SIZE", 20_000)
 
         # The pinger's heartbeat file, and how old it may get before the pinger is
         # unhealthy (docs/deployment.md, "Health checks"). Unset: no heartbeat.
@@ -158,6 +162,9 @@ class TestingConfig(DevelopmentConfig):
         self.TRUSTED_PROXIES = 0
         self.HOOK_TRUSTED_NETWORKS = "127.0.0.0/8,::1"
         self.EMQX_API_URL = self.EMQX_API_KEY = self.EMQX_API_SECRET = None
+        # In-process tests change rows and ask at once; the exact cache is asynchronous by
+        # a notification's delivery, so the tests that exercise it turn it on themselves.
+        self.DEVICE_CACHE_SIZE = 0
         self.PINGER_HEALTH_FILE = None
         self.LOG_FORMAT = "text"
 

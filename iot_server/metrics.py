@@ -37,6 +37,19 @@ HOOK_DECISIONS = Counter(
 REGISTRATIONS = Counter(
     "iot_registrations_total", "Device token requests by result code", ["result"]
 )
+DEVICE_STATES = Counter(
+    "iot_device_state_reads_total",
+    "Device states the hooks needed, by source: the exact cache (hit), the database after a "
+    "miss (miss), or the database while the cache is not trusted (uncached)",
+    ["source"],
+)
+#: Children bound once: a hook's hot path only increments.
+_STATE_SOURCES = {name: DEVICE_STATES.labels(name) for name in ("hit", "miss", "uncached")}
+
+
+def count_device_state(source: str) -> None:
+    """Count where a hook's device state came from (hit, miss, uncached)."""
+    _STATE_SOURCES[source].inc()
 
 
 def count_hook_decision(hook: str, result: str) -> None:

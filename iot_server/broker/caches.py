@@ -12,6 +12,9 @@ import time
 from collections import OrderedDict
 
 from flask import Flask, current_app
+from sqlalchemy.engine import make_url
+
+from .state_cache import DeviceStateCache, Listener, listen_url
 
 log = logging.getLogger("iot_server.hooks")
 
@@ -126,24 +129,45 @@ class DenialLog:
 
 
 class HookCaches:
-    """The caches of one app in one process: failed logins, device states, verified tokens."""
+    """The caches of one app in one process: failed logins, verified tokens, and device
+    states: exact ones while a PostgreSQL listener runs (`states`), else short-lived ones
+    for topic checks (`devices`, HOOK_CACHE_TTL)."""
 
-    def __init__(self) -> None:
+    def __init__(self, states: DeviceStateCache, listener: Listener | None) -> None:
         self.negative = TtlCache()
         self.devices = TtlCache()
         self.tokens = TtlCache()
         self.denials = DenialLog()
+        self.states = states
+        self.listener = listener
+
+    def exact_states(self) -> DeviceStateCache | None:
+        """The exact state cache when it can be trusted now, else None (start the listener
+        in this process on first use)."""
+        if self.listener is None:
+            return None
+        self.listener.ensure_running()
+        self.listener.drain_arrived()
+        return self.states if self.states.trusted else None
 
     def clear(self) -> None:
         """Forget every cached answer."""
         self.negative.clear()
         self.devices.clear()
         self.tokens.clear()
+        self.states.clear()
 
 
 def init_app(app: Flask) -> None:
-    """Give the app its hook caches."""
-    app.extensions[EXTENSION_KEY] = HookCaches()
+    """Give the app its hook caches, and a listener for the exact state cache on PostgreSQL
+    (unless DEVICE_CACHE_SIZE is 0)."""
+    config = app.config
+    states = DeviceStateCache(
+        config["DEVICE_CACHE_TTL"], config["DEVICE_CACHE_SIZE"], clock=lambda: clock()
+    )
+    url = listen_url(make_url(config["SQLALCHEMY_DATABASE_URI"]))
+    listener = Listener(states, url) if url and config["DEVICE_CACHE_SIZE"] > 0 else None
+    app.extensions[EXTENSION_KEY] = HookCaches(states, listener)
 
 
 def hook_caches() -> HookCaches:

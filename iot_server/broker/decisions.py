@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from .. import devices, policy, tokens
+from .. import devices, metrics, policy, tokens
 from ..identifiers import uuid_from_username
 from ..models import CLIENT_ID_MAX
 from . import caches
@@ -34,6 +34,7 @@ from .device_state import (
     load_device_state,
     remember_session,
 )
+from .state_cache import DeviceStateCache
 
 log = logging.getLogger("iot_server.hooks")
 
@@ -101,8 +102,9 @@ def authenticate(username: object, password: object, clientid: object) -> Decisi
     if claims["sub"] != uuid:
         return _login_denied(username, "token of another device", uuid, key)
 
+    exact = hooks.exact_states()
     try:
-        device = load_device_state(uuid)
+        device, ticket = current_state(uuid, exact)
     except DatabaseUnavailable as exc:
         # Not cached: the device may be fine once the database is back.
         log.error("login denied for %s: database unavailable (%s)", username, exc)
@@ -121,8 +123,29 @@ def authenticate(username: object, password: object, clientid: object) -> Decisi
         # would let it use topics the revocation has just taken away.
         return _login_denied(username, devices.REVOKED, uuid, key)
     device = remembered
-    hooks.devices.put(uuid, device, device.loaded_at + config["HOOK_CACHE_TTL"])
+    if exact is not None:
+        exact.put(uuid, device, ticket)
+    else:
+        hooks.devices.put(uuid, device, device.loaded_at + config["HOOK_CACHE_TTL"])
     return Decision(ALLOW, identity=device.identity(), expire_at=int(claims["exp"]))
+
+
+def current_state(uuid: str, exact: DeviceStateCache | None) -> tuple[DeviceState | None, int]:
+    """The device's state, from the exact cache when there is one and it holds it, else
+    from the database; with the ticket under which a state read now may be cached."""
+    if exact is not None:
+        state = exact.get(uuid)
+        if state is not None:
+            metrics.count_device_state("hit")
+            return state, None
+        ticket = exact.begin_read()
+        state = load_device_state(uuid)
+        metrics.count_device_state("miss")
+        if state is not None:
+            exact.put(uuid, state, ticket)
+        return state, ticket
+    metrics.count_device_state("uncached")
+    return load_device_state(uuid), None
 
 
 def is_storable_client_id(clientid: object) -> bool:
@@ -196,11 +219,16 @@ def authorize(
 def _authorize_device(
     uuid: str, clientid: object, actions: tuple[str, ...], topic: object
 ) -> Decision:
-    """Decide from the cached device state (at most HOOK_CACHE_TTL old), else the database.
+    """Decide from the exact cache when it is trusted; else from a cached state at most
+    HOOK_CACHE_TTL old, or the database.
 
-    A denial from a cached state older than DENIED_STATE_RECHECK is re-read first.
+    Without the exact cache, a denial from a cached state older than DENIED_STATE_RECHECK
+    is re-read first (a new session recorded by another worker).
     """
     hooks = caches.hook_caches()
+    exact = hooks.exact_states()
+    if exact is not None:
+        return _decide_device(current_state(uuid, exact)[0], clientid, actions, topic)
     now = caches.clock()
     device = hooks.devices.get(uuid, now)
     if device is not None:
