@@ -28,14 +28,14 @@ from sqlalchemy import text
 from werkzeug.serving import make_server
 
 from iot_server import create_app
-from iot_server.config import database_url
+from iot_server.config import LOOPBACK_NETWORKS, database_url
 from iot_server.extensions import db, limiter
 from iot_server.models import AGENT, MASTER, Device, Owner
 
 ROOT = Path(__file__).resolve().parent.parent
-MASTER_SECRET = "test-master-secret"
-AGENT_SECRET = "test-agent-secret"
-MQTT_SECRET = "test-mqtt-secret"
+MASTER_SECRET = "test-master-secret-0123456789abcdefghij"
+AGENT_SECRET = "test-agent-secret-0123456789abcdefghij"
+MQTT_SECRET = "test-mqtt-secret-0123456789abcdefghijkl"
 REQUIRE_SERVICES = os.environ.get("IOT_REQUIRE_SERVICES") == "1"
 
 
@@ -709,6 +709,9 @@ def server_env(database_url: str, **overrides: str) -> dict[str, str]:
         DEVICE_AGENT_SECRET_KEY=AGENT_SECRET,
         MQTT_SECRET_KEY=MQTT_SECRET,
         LOG_FORMAT="json",
+        # Production trusts no network by default; the tests' go-auth calls come from
+        # loopback, as a go-auth broker on the same host would (pass "" for the default).
+        HOOK_TRUSTED_NETWORKS=LOOPBACK_NETWORKS,
     )
     env.update(overrides)
     return env

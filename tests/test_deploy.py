@@ -174,10 +174,10 @@ def run_in_check_mode(command: tuple[str, ...]) -> subprocess.CompletedProcess:
         **os.environ,
         "DATABASE_URL": f"sqlite:///{scratch / 'check.sqlite'}",
         "PROMETHEUS_MULTIPROC_DIR": str(scratch),
-        "JWT_SECRET": "check-jwt-secret",
-        "DEVICE_MASTER_SECRET_KEY": "check-master-secret",
-        "DEVICE_AGENT_SECRET_KEY": "check-agent-secret",
-        "MQTT_SECRET_KEY": "check-mqtt-secret",
+        "JWT_SECRET": "check-jwt-secret-0123456789abcdefghijklmn",
+        "DEVICE_MASTER_SECRET_KEY": "check-master-secret-0123456789abcdefghijklmn",
+        "DEVICE_AGENT_SECRET_KEY": "check-agent-secret-0123456789abcdefghijklmn",
+        "MQTT_SECRET_KEY": "check-mqtt-secret-0123456789abcdefghijklmn",
     }
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 

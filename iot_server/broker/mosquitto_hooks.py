@@ -35,9 +35,10 @@ log = logging.getLogger("iot_server.hooks.mosquitto")
 @bp.before_request
 def check_caller():
     """Refuse (403, no decision) a caller without the secret from an untrusted address."""
-    if not callers.caller_allowed(request.headers.get("Authorization"), request.remote_addr):
-        metrics.count_hook_decision("mosquitto", "forbidden")
-        log.warning("caller refused (no valid secret, untrusted address)")
+    headers = request.headers
+    forwarded = callers.is_forwarded(headers)
+    if not callers.caller_allowed(headers.get("Authorization"), request.remote_addr, forwarded):
+        metrics.count_hook_decision("mosquitto", "forbidden")  # logged, summarised
         return answer("mosquitto", Decision(DENY, "hook caller not trusted"))
     return None
 

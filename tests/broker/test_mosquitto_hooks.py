@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from iot_server.broker import caches
 
 GRANT = {"ok": True, "error": ""}
-SECRET = "test-mqtt-secret"
+SECRET = "test-mqtt-secret-0123456789abcdefghijkl"
 
 
 def login(client, username, password, clientid, style="go-auth"):
