@@ -512,9 +512,10 @@ def test_emqx_dockerfile():
 
 
 def test_compose_services_and_wiring():
-    """postgres, emqx, api and pinger; the API waits for the database, never for EMQX."""
+    """postgres, emqx, api, pinger and the proxy; the API waits for the database, never for
+    EMQX."""
     services = compose()["services"]
-    assert set(services) == {"postgres", "emqx", "api", "pinger"}
+    assert set(services) == {"postgres", "emqx", "api", "pinger", "proxy"}
 
     assert "pg_isready" in str(services["postgres"]["healthcheck"]["test"])
     emqx_build = services["emqx"]["build"]
@@ -533,6 +534,23 @@ def test_compose_services_and_wiring():
     for name in ("MQTT_SECRET_KEY", "EMQX_API_KEY", "EMQX_API_SECRET"):
         assert emqx_env[name] == api_env[name] == pinger_env[name], name
     assert "MQTT_ADMIN_PASSWORD" in emqx_env
+
+
+def test_compose_publishes_the_proxy_not_gunicorn():
+    """Slow clients: only nginx (deploy/nginx.conf, the file tests/test_proxy.py runs) is
+    published; gunicorn trusts its one hop."""
+    services = compose()["services"]
+    api, proxy = services["api"], services["proxy"]
+    assert "ports" not in api
+    assert api["environment"]["TRUSTED_PROXIES"] == "1"
+    assert proxy["image"].startswith("nginx:")
+    assert proxy["ports"] == [
+        f"{api['environment']['PORT']}:{proxy['environment']['IOT_PROXY_PORT']}"
+    ]
+    assert proxy["environment"]["IOT_API_UPSTREAM"] == f"api:{api['environment']['PORT']}"
+    assert "./deploy/nginx.conf:/etc/nginx/templates/default.conf.template:ro" in proxy["volumes"]
+    template = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert set(re.findall(r"\$\{(\w+)\}", template)) == {"IOT_API_UPSTREAM", "IOT_PROXY_PORT"}
 
 
 def test_compose_commands_exist():
