@@ -93,6 +93,8 @@ class Config:
         self.RATELIMIT_STORAGE_URI = env_str("RATELIMIT_STORAGE_URI", "memory://")
         self.RATELIMIT_AUTH = env_str("RATELIMIT_AUTH", "5 per 5 seconds")
         self.RATELIMIT_DEFAULT = env_str("RATELIMIT_DEFAULT", "200 per 30 seconds")
+        # Failed logins per username, from any address (one bucket per account).
+        self.RATELIMIT_LOGIN_FAILURES = env_str("RATELIMIT_LOGIN_FAILURES", "10 per 10 minutes")
         self.TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
         # Empty: behind a same-host proxy every caller would look like loopback. `flask dev`
         # sets loopback for its embedded broker; go-auth deployments name their broker.
@@ -165,6 +167,7 @@ class TestingConfig(DevelopmentConfig):
         self.RATELIMIT_STORAGE_URI = "memory://"
         self.RATELIMIT_AUTH = "5 per 5 seconds"
         self.RATELIMIT_DEFAULT = "200 per 30 seconds"
+        self.RATELIMIT_LOGIN_FAILURES = "10 per 10 minutes"
         self.TRUSTED_PROXIES = 0
         self.HOOK_TRUSTED_NETWORKS = LOOPBACK_NETWORKS
         self.EMQX_API_URL = self.EMQX_API_KEY = self.EMQX_API_SECRET = None
