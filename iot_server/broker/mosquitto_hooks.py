@@ -89,7 +89,8 @@ def parse_acc(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isdigit() and len(value) < 3:
+    # ASCII digits only: str.isdigit() accepts "²", which int() then refuses (a 500).
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 3:
         return int(value)
     return None
 
