@@ -40,8 +40,6 @@ _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 #: takes at most the CPU a process has, and its memory stays bounded (19 MiB each).
 HASHING_SLOTS = os.cpu_count() or 1
 _hashing = threading.BoundedSemaphore(HASHING_SLOTS)
-#: How long a login waits for a hashing slot before it is told to come back.
-HASHING_WAIT = 0.05
 
 
 class Busy(ApiError):
@@ -54,7 +52,8 @@ class Busy(ApiError):
 @contextmanager
 def hashing_slot() -> Iterator[None]:
     """Hold one of the process's hashing slots; `Busy` when none frees up quickly."""
-    if not _hashing.acquire(timeout=HASHING_WAIT):
+    # No waiting: a queue of logins in front of the slots would hold the server's threads.
+    if not _hashing.acquire(blocking=False):
         raise Busy()
     try:
         yield
@@ -153,20 +152,18 @@ def login_username(value: object) -> str | None:
 
 def authenticate(username: object, password: object) -> Owner | None:
     """The owner when the credentials match and the account is enabled, else None (the same
-    cost either way). Rehashes a password stored with older parameters. `Busy` when the
-    process is already hashing as much as it may."""
+    cost either way). Rehashes a password stored with older parameters. `Busy` (before any
+    database query) when the process is already hashing as much as it may."""
     if not isinstance(username, str) or not isinstance(password, str):
         return None
-    name = login_username(username)
-    owner = by_username(name) if name is not None else None
-    if not _password_matches(owner, password):
-        return None
-    if not owner.enabled:
-        return None
-    if _hasher.check_needs_rehash(owner.password_hash):
-        with hashing_slot():
+    with hashing_slot():
+        name = login_username(username)
+        owner = by_username(name) if name is not None else None
+        if not _verify(owner, password) or not owner.enabled:
+            return None
+        if _hasher.check_needs_rehash(owner.password_hash):
             owner.password_hash = _hasher.hash(password)
-        db.session.commit()
+            db.session.commit()
     return owner
 
 
@@ -208,20 +205,24 @@ def _retry(limit) -> dict[str, str]:
     return {"Retry-After": str(limit.get_expiry())}
 
 
-def _password_matches(owner: Owner | None, password: str) -> bool:
-    """Verify `password` against the owner's hash (a dummy one for no owner)."""
-    with hashing_slot():
-        try:
-            _hasher.verify(owner.password_hash if owner else _dummy_hash(), password)
-        except (VerificationError, InvalidHashError):
-            return False
+def _verify(owner: Owner | None, password: str) -> bool:
+    """Verify `password` against the owner's hash (a dummy one for no owner, at the same
+    cost); the caller holds a hashing slot."""
+    try:
+        _hasher.verify(owner.password_hash if owner else _dummy_hash(), password)
+    except (VerificationError, InvalidHashError):
+        return False
     return owner is not None
 
 
 def change_password(owner: Owner, password: object, new_password: object) -> None:
     """Set a new password when `password` is the current one (403 otherwise); every earlier
     token of the owner ends."""
-    if not isinstance(password, str) or not _password_matches(owner, password):
+    if not isinstance(password, str):
+        raise ApiError(403, "wrong password")
+    with hashing_slot():
+        matches = _verify(owner, password)
+    if not matches:
         raise ApiError(403, "wrong password")
     set_password(owner, new_password)
 
