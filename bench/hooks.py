@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/iot_bench"
 SECRETS = {
     "JWT_SECRET": "bench-jwt-secret-0123456789abcdef0123456789abcdef",
-    "DEVICE_MASTER_SECRET_KEY": "bench-master-secret",
-    "DEVICE_AGENT_SECRET_KEY": "bench-agent-secret",
-    "MQTT_SECRET_KEY": "bench-mqtt-secret",
+    "DEVICE_MASTER_SECRET_KEY": "bench-master-secret-0123456789abcdefghij",
+    "DEVICE_AGENT_SECRET_KEY": "bench-agent-secret-0123456789abcdefghij",
+    "MQTT_SECRET_KEY": "bench-mqtt-secret-0123456789abcdefghijkl",
 }
 ENDPOINTS = ("healthz", "emqx_authn", "emqx_authz", "mosquitto_acl")
 TARGETS = {"emqx_authn": 0.6, "emqx_authz": 0.8, "mosquitto_acl": 0.8}
@@ -57,6 +57,8 @@ def bench_env(database_url: str, port: int, workers: int | None) -> dict[str, st
         "PORT": str(port),
         "IOT_ENV": "production",
         "LOG_FORMAT": "json",
+        # go-auth and amqtt call from loopback without the secret (production trusts none).
+        "HOOK_TRUSTED_NETWORKS": "127.0.0.0/8,::1",
     }
     if workers:
         env["WEB_CONCURRENCY"] = str(workers)

@@ -65,6 +65,9 @@ def configure_derived(app: Flask) -> None:
         JWT_ALGORITHM="HS256",
         JWT_DECODE_ALGORITHMS=["HS256"],
         JWT_TOKEN_LOCATION=["headers"],
+        # Clock skew between instances (and the machine that issued the token): an `iat`
+        # a few seconds ahead was refused.
+        JWT_DECODE_LEEWAY=app.config.get("JWT_DECODE_LEEWAY", 30),
     )
 
 

@@ -13,12 +13,13 @@ from datetime import UTC, datetime, timedelta
 
 from blinker import Namespace
 from flask import current_app
-from sqlalchemy import or_, select
+from sqlalchemy import and_, func, literal, or_, select, update
+from sqlalchemy import delete as delete_rows
 from sqlalchemy.exc import IntegrityError
 
 from .errors import ApiError
 from .extensions import db
-from .models import AGENT, MASTER, Device, Owner
+from .models import AGENT, MASTER, Device, Owner, UTCDateTime, utcnow
 
 log = logging.getLogger("iot_server.devices")
 
@@ -29,6 +30,14 @@ sessions_cut = Namespace().signal("sessions-cut")
 
 #: A device seen within this window is online (SPEC.md, "MQTT behaviour").
 ONLINE_WINDOW = timedelta(seconds=60)
+#: Bounds (SPEC.md, "Owner API"): an ACL grows with the agents, a list with the masters.
+MAX_AGENTS_PER_MASTER = 64
+MAX_MASTERS_PER_OWNER = 1000
+#: A device created by a registration call and never claimed or linked is forgotten then.
+UNREGISTERED_RETENTION = timedelta(days=7)
+#: Tokens issued this long before a device's row was created are its deleted namesake's
+#: (clocks of several instances may differ by a little; JWT_DECODE_LEEWAY is the same).
+TOKEN_CLOCK_SKEW = 30
 
 #: Why a device may not use a token: `token_refusal()`'s answers, also written in logs.
 UNKNOWN = "unknown device"
@@ -47,7 +56,7 @@ def token_refusal(device, claims: dict | None = None) -> str | None:
     if device is None:
         return UNKNOWN
     if claims is not None:
-        if device.token_version != claims["ver"]:
+        if device.token_version != claims["ver"] or issued_before(claims, device.created_at):
             return REVOKED
         if claims.get("kind") not in (None, device.kind):
             return OTHER_KIND
@@ -56,6 +65,15 @@ def token_refusal(device, claims: dict | None = None) -> str | None:
     if not device.is_registered:
         return NOT_REGISTERED
     return None
+
+
+def issued_before(claims: dict, created_at: datetime | None) -> bool:
+    """True for a token issued before the device row existed: a deleted device of the same
+    uuid had it (a new row starts again at token version 1)."""
+    issued = claims.get("iat")
+    if created_at is None or not isinstance(issued, int | float):
+        return False
+    return issued + TOKEN_CLOCK_SKEW < created_at.timestamp()
 
 
 def token_holder(claims: dict) -> Device | None:
@@ -132,15 +150,39 @@ def owned_master(uuid: str, owner: Owner) -> Device:
     return device
 
 
-def owned_devices(owner: Owner) -> list[Device]:
-    """The owner's masters and their agents, oldest first, in one query."""
+def owned_devices(
+    owner: Owner, limit: int | None = None, after: tuple[datetime, str] | None = None
+) -> list[Device]:
+    """The owner's masters and their agents, oldest first (then by uuid), in one query: at
+    most `limit` of them, those after the `(created_at, uuid)` position `after`."""
     masters = select(Device.uuid).where(Device.owner_id == owner.id, Device.kind == MASTER)
-    query = (
-        select(Device)
-        .where(or_(Device.uuid.in_(masters), Device.master_uuid.in_(masters)))
-        .order_by(Device.created_at, Device.uuid)
-    )
+    query = select(Device).where(or_(Device.uuid.in_(masters), Device.master_uuid.in_(masters)))
+    if after is not None:
+        created_at, uuid = after
+        query = query.where(
+            or_(
+                Device.created_at > created_at,
+                and_(Device.created_at == created_at, Device.uuid > uuid),
+            )
+        )
+    query = query.order_by(Device.created_at, Device.uuid)
+    if limit is not None:
+        query = query.limit(limit)
     return list(db.session.execute(query).scalars())
+
+
+def agents_of(master_uuids: list[str]) -> dict[str, list[str]]:
+    """Each master's agent uuids, oldest first, in one query."""
+    found: dict[str, list[str]] = {uuid: [] for uuid in master_uuids}
+    if master_uuids:
+        rows = db.session.execute(
+            select(Device.uuid, Device.master_uuid)
+            .where(Device.master_uuid.in_(master_uuids))
+            .order_by(Device.created_at, Device.uuid)
+        )
+        for uuid, master_uuid in rows:
+            found[master_uuid].append(uuid)
+    return found
 
 
 def is_online(device: Device, now: datetime | None = None) -> bool:
@@ -158,16 +200,42 @@ def owner_of(device: Device) -> int | None:
 
 
 def claim(uuid: str, owner: Owner) -> tuple[Device, bool]:
-    """Give a master to `owner`; returns (device, created). 409 when someone else has it."""
+    """Give a master to `owner`; returns (device, created). 409 when someone else has it,
+    or when the owner already holds MAX_MASTERS_PER_OWNER.
+
+    Atomic: the row is taken with `UPDATE … WHERE owner_id IS NULL`, so of two owners racing
+    for one uuid exactly one wins. The owner's row is locked meanwhile (PostgreSQL), so two
+    claims of one owner cannot both pass the bound.
+    """
     device, created = get_or_create(uuid, MASTER)
     if device.kind != MASTER:
         raise ApiError(400, "an agent cannot be claimed; link it to a master")
-    if device.owner_id not in (None, owner.id):
+    if device.owner_id == owner.id:
+        return device, created
+    if device.owner_id is not None:
         raise ApiError(409, "device already claimed by another owner")
-    if device.owner_id is None:
-        device.owner_id = owner.id
-        db.session.commit()
-        log.info("device claimed", extra={"device": uuid, "owner": owner.username})
+    _lock(Owner, Owner.id == owner.id)
+    held = db.session.scalar(
+        select(func.count())
+        .select_from(Device)
+        .where(Device.owner_id == owner.id, Device.kind == MASTER)
+    )
+    if held >= MAX_MASTERS_PER_OWNER:
+        db.session.rollback()
+        raise ApiError(409, f"an owner may hold at most {MAX_MASTERS_PER_OWNER} masters")
+    taken = db.session.execute(
+        update(Device)
+        .where(Device.uuid == uuid, Device.kind == MASTER, Device.owner_id.is_(None))
+        .values(owner_id=owner.id, registered_at=_first_registration())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    db.session.refresh(device)
+    if taken != 1:
+        if device.owner_id == owner.id:  # the same owner's other request won
+            return device, created
+        raise ApiError(409, "device already claimed by another owner")
+    log.info("device claimed", extra={"device": uuid, "owner": owner.username})
     return device, created
 
 
@@ -178,6 +246,8 @@ def release(device: Device) -> None:
         agent.master_uuid = None
         sessions.append(_revoke(agent))
     device.owner_id = None
+    # The next owner names it anew.
+    device.name = None
     sessions.append(_revoke(device))
     db.session.commit()
     log.info("device released", extra={"device": device.uuid})
@@ -185,7 +255,12 @@ def release(device: Device) -> None:
 
 
 def link(master_uuid: str, agent_uuid: str) -> tuple[Device, bool]:
-    """Link an agent (created when unknown) to a master; returns (agent, created)."""
+    """Link an agent (created when unknown) to a master; returns (agent, created). 409 when
+    the agent is linked elsewhere, or the master has MAX_AGENTS_PER_MASTER already.
+
+    Atomic like `claim`: `UPDATE … WHERE master_uuid IS NULL`, with the master's row locked
+    (PostgreSQL) while its agents are counted.
+    """
     master = get(master_uuid)
     if master is None:
         raise ApiError(404, "no such master")
@@ -194,14 +269,32 @@ def link(master_uuid: str, agent_uuid: str) -> tuple[Device, bool]:
     agent, created = get_or_create(agent_uuid, AGENT)
     if agent.kind != AGENT:
         raise ApiError(400, "the second device is not an agent")
-    if agent.master_uuid not in (None, master.uuid):
+    if agent.master_uuid == master.uuid:
+        return agent, created
+    if agent.master_uuid is not None:
         raise ApiError(409, "agent already linked to another master")
-    if agent.master_uuid is None:
-        agent.master_uuid = master.uuid
-        db.session.commit()
-        log.info("agent linked", extra={"device": agent.uuid, "master": master.uuid})
-        # EMQX's ACL snapshot of the master lacks the new agent's topic until it reconnects.
-        _disconnect([master.mqtt_client_id])
+    _lock(Device, Device.uuid == master.uuid)
+    linked = db.session.scalar(
+        select(func.count()).select_from(Device).where(Device.master_uuid == master.uuid)
+    )
+    if linked >= MAX_AGENTS_PER_MASTER:
+        db.session.rollback()
+        raise ApiError(409, f"a master may have at most {MAX_AGENTS_PER_MASTER} agents")
+    taken = db.session.execute(
+        update(Device)
+        .where(Device.uuid == agent.uuid, Device.kind == AGENT, Device.master_uuid.is_(None))
+        .values(master_uuid=master.uuid, registered_at=_first_registration())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    db.session.refresh(agent)
+    if taken != 1:
+        if agent.master_uuid == master.uuid:
+            return agent, created
+        raise ApiError(409, "agent already linked to another master")
+    log.info("agent linked", extra={"device": agent.uuid, "master": master.uuid})
+    # EMQX's ACL snapshot of the master lacks the new agent's topic until it reconnects.
+    _disconnect([master.mqtt_client_id])
     return agent, created
 
 
@@ -235,6 +328,53 @@ def set_enabled(device: Device, enabled: bool) -> None:
     db.session.commit()
     log.info("device %s", "enabled" if enabled else "disabled", extra={"device": device.uuid})
     _disconnect([session])
+
+
+def delete(device: Device) -> None:
+    """Forget a device: a master's agents are unlinked and revoked first (as on release),
+    and its live sessions are cut. A device of the same uuid calling again starts anew, and
+    no token of the deleted one works for it (`issued_before`)."""
+    sessions = []
+    for agent in list(device.agents):
+        agent.master_uuid = None
+        sessions.append(_revoke(agent))
+    sessions.append(device.mqtt_client_id)
+    db.session.delete(device)
+    db.session.commit()
+    log.info("device deleted", extra={"device": device.uuid})
+    _disconnect(sessions)
+
+
+def prune_unregistered(now: datetime | None = None) -> int:
+    """Forget devices created by a registration call more than a week ago and never claimed
+    or linked since (they never had a token). Returns how many."""
+    cutoff = (now or datetime.now(UTC)) - UNREGISTERED_RETENTION
+    agents_of = select(Device.master_uuid).where(Device.master_uuid.is_not(None))
+    result = db.session.execute(
+        delete_rows(Device)
+        .where(
+            Device.registered_at.is_(None),
+            Device.owner_id.is_(None),
+            Device.master_uuid.is_(None),
+            Device.created_at < cutoff,
+            Device.uuid.not_in(agents_of),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    if result.rowcount:
+        log.info("forgot %d never-registered devices", result.rowcount)
+    return result.rowcount
+
+
+def _first_registration():
+    """`registered_at` as an UPDATE sets it: kept when set, else now."""
+    return func.coalesce(Device.registered_at, literal(utcnow(), UTCDateTime()))
+
+
+def _lock(model, condition) -> None:
+    """Lock a row until the commit (`SELECT … FOR UPDATE`; SQLite writes one at a time)."""
+    db.session.execute(select(model).where(condition).with_for_update()).first()
 
 
 def _revoke(device: Device) -> str | None:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Integer,
     String,
 )
+from sqlalchemy import true as sa_true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -63,6 +64,10 @@ class Owner(db.Model):
     # Stored lowercase: usernames are case-insensitive (SPEC.md, "Owner API").
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
+    # Owner tokens carry it: logout, a password change, disable and `flask users revoke`
+    # bump it, which ends every earlier token at once.
+    token_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=sa_true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     devices: Mapped[list[Device]] = relationship(back_populates="owner")
@@ -97,6 +102,9 @@ class Device(db.Model):
     # the EMQX API kicks it on revoke, and ACL checks of other client ids fail.
     mqtt_client_id: Mapped[str | None] = mapped_column(String(256))
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When it was first claimed (master) or linked (agent): a device that never was has
+    # never had a token, and is forgotten after a week (`devices.prune_unregistered`).
+    registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

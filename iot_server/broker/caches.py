@@ -69,12 +69,19 @@ class TtlCache:
 
 
 class DenialLog:
-    """Logs the first login denial of a username, then one summary per window with a count,
-    so a device retrying every second writes a line a minute rather than one per retry."""
+    """Logs the first denial of a key (a username; a refused caller), then one summary per
+    window with a count, so a client retrying every second writes a line a minute rather
+    than one per retry. `what` names the denial in the log lines ("login denied")."""
 
-    def __init__(self, window: float = DENIAL_LOG_WINDOW, max_entries: int = CACHE_MAX_ENTRIES):
+    def __init__(
+        self,
+        window: float = DENIAL_LOG_WINDOW,
+        max_entries: int = CACHE_MAX_ENTRIES,
+        what: str = "login denied",
+    ):
         self.window = window
         self.max_entries = max_entries
+        self.what = what
         self._windows: OrderedDict[str, list] = OrderedDict()  # username → [start, count]
         self._lock = threading.Lock()
         self._last_sweep = clock()
@@ -100,7 +107,8 @@ class DenialLog:
                 first = True
         for name, count, seconds in summaries:
             log.warning(
-                "login denied %d more times for %s in the last %.0f s",
+                "%s %d more times for %s in the last %.0f s",
+                self.what,
                 count,
                 name,
                 seconds,
@@ -108,7 +116,8 @@ class DenialLog:
             )
         if first:
             log.warning(
-                "login denied for %s: %s",
+                "%s for %s: %s",
+                self.what,
                 username,
                 reason,
                 extra={"username": username, "device": device, "reason": reason},
@@ -126,13 +135,17 @@ class DenialLog:
 
 
 class HookCaches:
-    """The caches of one app in one process: failed logins, device states, verified tokens."""
+    """The caches of one app in one process: failed logins, device states, verified tokens,
+    and the summarised logs of denied logins and refused callers."""
 
     def __init__(self) -> None:
         self.negative = TtlCache()
         self.devices = TtlCache()
         self.tokens = TtlCache()
         self.denials = DenialLog()
+        self.refused_callers = DenialLog(what="hook caller refused")
+        #: Set once the "TRUSTED_PROXIES is probably wrong" warning has been logged.
+        self.proxy_warning_logged = threading.Event()
 
     def clear(self) -> None:
         """Forget every cached answer."""

@@ -7,6 +7,7 @@ per login or topic check, with no transaction to open and close around it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,6 +30,7 @@ class DeviceState:
     client_id: str | None
     agents: frozenset[str]
     loaded_at: float
+    created_at: datetime | None = None
 
     def identity(self) -> policy.Identity:
         """The policy identity of this device."""
@@ -50,6 +52,7 @@ _DEVICE_AND_AGENTS = select(
     _COLUMNS.owner_id,
     _COLUMNS.master_uuid,
     _COLUMNS.mqtt_client_id,
+    _COLUMNS.created_at,
 ).where(or_(_COLUMNS.uuid == bindparam("uuid"), _COLUMNS.master_uuid == bindparam("uuid")))
 
 
@@ -77,6 +80,7 @@ def load_device_state(uuid: str) -> DeviceState | None:
         client_id=device.mqtt_client_id,
         agents=agents,
         loaded_at=caches.clock(),
+        created_at=device.created_at,
     )
 
 

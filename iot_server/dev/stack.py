@@ -26,7 +26,7 @@ from pathlib import Path
 
 import click
 
-from ..config import REQUIRED_SECRETS, DevelopmentConfig, database_url
+from ..config import LOOPBACK_NETWORKS, REQUIRED_SECRETS, DevelopmentConfig, database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = ROOT / "migrations"
@@ -83,6 +83,9 @@ def stack_environment(
     )
     if not env.get("MQTT_HOST"):
         env["MQTT_HOST"] = broker
+    if not env.get("HOOK_TRUSTED_NETWORKS"):
+        # The embedded amqtt broker calls the hooks from loopback and cannot send the secret.
+        env["HOOK_TRUSTED_NETWORKS"] = LOOPBACK_NETWORKS
     # amqtt has no shared subscriptions: `$share/…` would be a literal topic there.
     env.pop("MQTT_SHARED_GROUP", None)
     return env, generated
