@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import queue
+import random
 import shutil
 import socket
 import subprocess
@@ -47,11 +48,29 @@ def service_unavailable(what: str) -> None:
     pytest.skip(f"service unavailable: {what}")
 
 
+def _ephemeral_ports() -> range:
+    """The kernel's range for outgoing connections' local ports."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port nobody uses right now, outside the ephemeral range: a port the kernel
+    hands out itself may be taken by any outgoing connection (ours, or another test
+    process's) between this call and the server's bind."""
+    ephemeral = _ephemeral_ports()
+    for _ in range(200):
+        port = random.randrange(10_000, ephemeral.start)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
