@@ -13,8 +13,9 @@ from datetime import UTC, datetime, timedelta
 
 from blinker import Namespace
 from flask import current_app
-from sqlalchemy import or_, select
+from sqlalchemy import CompoundSelect, or_, select, union_all
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 
 from .errors import ApiError
 from .extensions import db
@@ -143,11 +144,36 @@ def owned_devices(owner: Owner) -> list[Device]:
     return list(db.session.execute(query).scalars())
 
 
+def presence(owner: Owner) -> list[tuple[str, datetime | None]]:
+    """(uuid, last_seen_at) of each of the owner's devices, in one statement."""
+    return [(uuid, seen) for uuid, seen in db.session.execute(presence_query(owner.id))]
+
+
+def presence_query(owner_id: int) -> CompoundSelect:
+    """The statement behind `presence()`: two halves, each through an index, the owner's
+    masters by `owner_id` and their agents by `master_uuid`."""
+    masters = select(Device.uuid, Device.last_seen_at).where(
+        Device.owner_id == owner_id, Device.kind == MASTER
+    )
+    master = aliased(Device)
+    agents = (
+        select(Device.uuid, Device.last_seen_at)
+        .join(master, Device.master_uuid == master.uuid)
+        .where(master.owner_id == owner_id, master.kind == MASTER)
+    )
+    return union_all(masters, agents)
+
+
 def is_online(device: Device, now: datetime | None = None) -> bool:
     """Heard (a PING or a PONG) within the last minute."""
-    if device.last_seen_at is None:
+    return seen_recently(device.last_seen_at, now)
+
+
+def seen_recently(last_seen_at: datetime | None, now: datetime | None = None) -> bool:
+    """True when `last_seen_at` falls within the online window before `now`."""
+    if last_seen_at is None:
         return False
-    return (now or datetime.now(UTC)) - device.last_seen_at <= ONLINE_WINDOW
+    return (now or datetime.now(UTC)) - last_seen_at <= ONLINE_WINDOW
 
 
 def owner_of(device: Device) -> int | None:
