@@ -282,9 +282,9 @@ def sign_out():
 @signed_in
 def devices_page():
     """The owner's masters, each with its agents, in one query."""
-    rows = devices.owned_devices(g.owner)
+    rows = devices.listing(g.owner)
     masters = [row for row in rows if row.kind == MASTER]
-    agents_of: dict[str, list[Device]] = {}
+    agents_of: dict[str, list] = {}
     for row in rows:
         if row.kind == AGENT and row.master_uuid:
             agents_of.setdefault(row.master_uuid, []).append(row)
