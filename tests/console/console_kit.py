@@ -144,4 +144,4 @@ def sign_in(page, username: str = "alice", password: str = PASSWORD) -> None:
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
-    page.get_by_role("heading", name="Devices").wait_for()
+    page.get_by_role("heading", name="Devices", exact=True).wait_for()
