@@ -288,12 +288,13 @@ def wait_ready(base: str, process: subprocess.Popen, timeout: float = 30) -> Non
 
 
 @contextlib.contextmanager
-def running_gunicorn(env: dict[str, str], cpus: str | None = None):
-    """`gunicorn -c gunicorn.conf.py wsgi:app` (pinned to `cpus` with taskset), ready on
-    `PORT`; yields its base URL and process, and stops its whole process group after."""
+def running_gunicorn(env: dict[str, str], cpus: str | None = None, app: str = "wsgi:app"):
+    """`gunicorn -c gunicorn.conf.py wsgi:app` (pinned to `cpus` with taskset; another
+    `app` for a variant), ready on `PORT`; yields its base URL and process, and stops its
+    whole process group after."""
     pin = ["taskset", "-c", cpus] if cpus else []
     gunicorn = subprocess.Popen(
-        [*pin, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        [*pin, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

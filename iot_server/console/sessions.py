@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from flask import Flask, current_app, has_request_context, request, session
 from flask.sessions import SecureCookieSessionInterface
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 
 from ..extensions import db
 from ..models import ConsoleSession, Owner, utcnow
@@ -31,6 +31,16 @@ class ConsoleCookies(SecureCookieSessionInterface):
         if app.config["SESSION_COOKIE_SECURE"]:
             return True
         return has_request_context() and request.is_secure
+
+
+#: The owner of a live session, by the hash of its id (built once: each request binds).
+_OWNER = (
+    select(Owner)
+    .join(ConsoleSession, ConsoleSession.owner_id == Owner.id)
+    .where(
+        ConsoleSession.id_hash == bindparam("id_hash"), ConsoleSession.expires_at > bindparam("now")
+    )
+)
 
 
 def _digest(session_id: str) -> str:
@@ -68,12 +78,8 @@ def current_owner() -> Owner | None:
     session_id = session.get(SESSION_ID)
     if not isinstance(session_id, str):
         return None
-    query = (
-        select(Owner)
-        .join(ConsoleSession, ConsoleSession.owner_id == Owner.id)
-        .where(ConsoleSession.id_hash == _digest(session_id), ConsoleSession.expires_at > utcnow())
-    )
-    owner = db.session.execute(query).scalar_one_or_none()
+    found = db.session.execute(_OWNER, {"id_hash": _digest(session_id), "now": utcnow()})
+    owner = found.scalar_one_or_none()
     if owner is None:
         session.pop(SESSION_ID, None)  # a dead id: forget it rather than look it up again
     return owner
