@@ -147,7 +147,8 @@ def signed_in(view):
 
 
 def ago(moment: datetime | None, now: datetime) -> str:
-    """ "12 s ago", "5 min ago", "3 h ago", "2 d ago", or "never" (console.js says the same)."""
+    """How long ago, as "12 s ago", "5 min ago", "3 h ago", "2 d ago" or "never" (the
+    same words as console.js)."""
     if moment is None:
         return "never"
     seconds = max(0, int((now - moment).total_seconds()))
