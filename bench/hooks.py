@@ -84,7 +84,9 @@ def reset_database(database_url: str, env: dict[str, str]) -> None:
     server.dispose()
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS devices, owners, alembic_version CASCADE"))
+        connection.execute(
+            text("DROP TABLE IF EXISTS console_sessions, devices, owners, alembic_version CASCADE")
+        )
     engine.dispose()
     subprocess.run(
         [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
@@ -288,12 +290,13 @@ def wait_ready(base: str, process: subprocess.Popen, timeout: float = 30) -> Non
 
 
 @contextlib.contextmanager
-def running_gunicorn(env: dict[str, str], cpus: str | None = None):
-    """`gunicorn -c gunicorn.conf.py wsgi:app` (pinned to `cpus` with taskset), ready on
-    `PORT`; yields its base URL and process, and stops its whole process group after."""
+def running_gunicorn(env: dict[str, str], cpus: str | None = None, app: str = "wsgi:app"):
+    """`gunicorn -c gunicorn.conf.py wsgi:app` (pinned to `cpus` with taskset; another
+    `app` for a variant), ready on `PORT`; yields its base URL and process, and stops its
+    whole process group after."""
     pin = ["taskset", "-c", cpus] if cpus else []
     gunicorn = subprocess.Popen(
-        [*pin, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        [*pin, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

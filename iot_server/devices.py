@@ -13,7 +13,18 @@ from datetime import UTC, datetime, timedelta
 
 from blinker import Namespace
 from flask import current_app
-from sqlalchemy import and_, func, literal, or_, select, update
+from sqlalchemy import (
+    CompoundSelect,
+    Row,
+    and_,
+    bindparam,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy import delete as delete_rows
 from sqlalchemy.exc import IntegrityError
 
@@ -185,11 +196,54 @@ def agents_of(master_uuids: list[str]) -> dict[str, list[str]]:
     return found
 
 
+def listing(owner: Owner) -> list[Row]:
+    """The owner's masters and their agents as light rows (uuid, kind, name, master_uuid,
+    last_seen_at, created_at), oldest first, in one indexed statement: no ORM objects, for
+    pages that list thousands."""
+    rows = db.session.execute(_LISTING, {"owner_id": owner.id}).all()
+    return sorted(rows, key=lambda row: (row.created_at, row.uuid))
+
+
+def presence(owner: Owner) -> list[tuple[str, datetime | None]]:
+    """(uuid, last_seen_at) of each of the owner's devices, in one statement."""
+    return [(uuid, seen) for uuid, seen in db.session.execute(_PRESENCE, {"owner_id": owner.id})]
+
+
+def presence_query(owner_id: int) -> CompoundSelect:
+    """The statement behind `presence()`, bound to an owner (to EXPLAIN or run by hand)."""
+    return _PRESENCE.params(owner_id=owner_id)
+
+
+def _owned_columns(*names: str) -> CompoundSelect:
+    """Columns of an owner's devices in two halves, each through an index: the masters by
+    `owner_id`, their agents by `master_uuid` (an `OR` of the two reads the whole table)."""
+    devices, master = Device.__table__, Device.__table__.alias("master")
+    masters = select(*(devices.c[name] for name in names)).where(
+        devices.c.owner_id == bindparam("owner_id"), devices.c.kind == MASTER
+    )
+    agents = (
+        select(*(devices.c[name] for name in names))
+        .join(master, devices.c.master_uuid == master.c.uuid)
+        .where(master.c.owner_id == bindparam("owner_id"), master.c.kind == MASTER)
+    )
+    return union_all(masters, agents)
+
+
+# Built once, so each call only binds the owner id (building them costs more than running).
+_PRESENCE = _owned_columns("uuid", "last_seen_at")
+_LISTING = _owned_columns("uuid", "kind", "name", "master_uuid", "last_seen_at", "created_at")
+
+
 def is_online(device: Device, now: datetime | None = None) -> bool:
     """Heard (a PING or a PONG) within the last minute."""
-    if device.last_seen_at is None:
+    return seen_recently(device.last_seen_at, now)
+
+
+def seen_recently(last_seen_at: datetime | None, now: datetime | None = None) -> bool:
+    """True when `last_seen_at` falls within the online window before `now`."""
+    if last_seen_at is None:
         return False
-    return (now or datetime.now(UTC)) - device.last_seen_at <= ONLINE_WINDOW
+    return (now or datetime.now(UTC)) - last_seen_at <= ONLINE_WINDOW
 
 
 def owner_of(device: Device) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -22,11 +23,19 @@ MASTER = "master"
 AGENT = "agent"
 #: The longest device name an owner may set.
 DEVICE_NAME_MAX = 64
+#: Unicode category Cc: C0 controls, DEL and C1 controls (never in a device name).
+CONTROL_CHARACTERS = "\x00-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
 
 
 def utcnow() -> datetime:
     """Timezone-aware now, the one clock of the models."""
     return datetime.now(UTC)
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    """ISO 8601 UTC with a `Z`, or None: how every answer writes a time."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
 
 class UTCDateTime(TypeDecorator):
@@ -48,6 +57,22 @@ class UTCDateTime(TypeDecorator):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
+
+
+def is_storable(value: str) -> bool:
+    """True when the string has no NUL and encodes as UTF-8 (no lone surrogates)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_device_name(value: str) -> bool:
+    """A name an owner may give a device: 1-64 characters of storable, printable text."""
+    return 1 <= len(value) <= DEVICE_NAME_MAX and is_storable(value) and not _CONTROL.search(value)
 
 
 def is_registered(kind: str, owner_id: int | None, master_uuid: str | None) -> bool:
@@ -121,3 +146,20 @@ class Device(db.Model):
 
     def __repr__(self) -> str:
         return f"<Device {self.kind} {self.uuid}>"
+
+
+class ConsoleSession(db.Model):
+    """A browser signed in to the owner console. Signing out deletes the row, so a copy of
+    the cookie stops working; the row also ends at `expires_at`."""
+
+    __tablename__ = "console_sessions"
+
+    # SHA-256 of the random id the (signed) cookie carries: the table holds no usable id.
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Indexed for the sweep of expired sessions at each sign-in.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+    def __repr__(self) -> str:
+        return f"<ConsoleSession owner={self.owner_id}>"

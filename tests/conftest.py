@@ -32,7 +32,7 @@ from werkzeug.serving import make_server
 from iot_server import create_app
 from iot_server.config import LOOPBACK_NETWORKS, database_url
 from iot_server.extensions import db, limiter
-from iot_server.models import AGENT, MASTER, Device, Owner
+from iot_server.models import AGENT, MASTER, ConsoleSession, Device, Owner
 
 ROOT = Path(__file__).resolve().parent.parent
 MASTER_SECRET = "test-master-secret-0123456789abcdefghij"
@@ -157,6 +157,7 @@ def clear_tables() -> None:
     db.session.rollback()
     db.session.execute(Device.__table__.update().values(master_uuid=None))
     db.session.execute(Device.__table__.delete())
+    db.session.execute(ConsoleSession.__table__.delete())
     db.session.execute(Owner.__table__.delete())
     db.session.commit()
 

@@ -15,7 +15,7 @@ from .. import devices, tokens
 from ..errors import ApiError
 from ..extensions import db
 from ..identifiers import parse_uuid
-from ..models import DEVICE_NAME_MAX, MASTER, Device
+from ..models import DEVICE_NAME_MAX, MASTER, Device, iso_utc
 from . import validation
 from .access import require_token
 from .validation import Text
@@ -25,11 +25,6 @@ bp = Blueprint("owner_devices", __name__)
 RENAME_FIELDS = {
     "name": Text(min_length=1, max_length=DEVICE_NAME_MAX, nullable=True, printable=True)
 }
-
-
-def iso_utc(moment: datetime | None) -> str | None:
-    """ISO 8601 UTC with a `Z`, or None."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
 
 def serialize(device: Device, agents: list[str] | None = None, now: datetime | None = None) -> dict:

@@ -210,6 +210,7 @@ def banner(
         "iot_server development stack",
         f"  database  {make_url(database).render_as_string(hide_password=True)} (migrated)",
         f"  API       {api}",
+        f"  console   {api}/console (create an account, claim and watch devices)",
         f"  broker    mqtt://{address}:{mqtt_port} (amqtt, logins checked by the API's hooks)",
         f"  devices   are told MQTT_HOST={env['MQTT_HOST']}",
         f"  pinger    connects as {env.get('MQTT_SERVICE_USERNAME') or 'iot-server'}",

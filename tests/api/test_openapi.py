@@ -56,9 +56,12 @@ def documented_routes(doc: dict) -> set[tuple[str, str]]:
 
 
 def app_routes(app) -> set[tuple[str, str]]:
-    """(METHOD, path) of every rule in the app's URL map, in OpenAPI's `{param}` form."""
+    """(METHOD, path) of every rule in the app's URL map, in OpenAPI's `{param}` form,
+    but for the owner console's HTML pages (and `/`, which redirects there)."""
     found = set()
     for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith("console.") or rule.endpoint == "front_page":
+            continue
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             found.add((method, path))
