@@ -157,6 +157,9 @@ class ConsoleSession(db.Model):
     # SHA-256 of the random id the (signed) cookie carries: the table holds no usable id.
     id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
+    # The owner's token version at sign-in: logout-all, a password change and `flask users
+    # revoke|disable` bump it, which ends this session as it ends the owner's API tokens.
+    owner_token_version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Indexed for the sweep of expired sessions at each sign-in.
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

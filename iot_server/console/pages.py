@@ -231,9 +231,13 @@ def sign_in():
             return redirect(safe_next(target, devices_page))
         return render_template("console/sign_in.html", next=target)
     username = request.form.get("username", "")
-    owner = owners.authenticate(username, request.form.get("password", ""))
-    if owner is None:
-        log.info("console sign-in refused")
+    try:
+        # The API's login: the per-username failure limit and the hashing cap apply here too.
+        owner = owners.login(username, request.form.get("password", ""))
+    except ApiError as exc:
+        log.info("console sign-in refused: %s", exc.error)
+        if exc.status != 403:
+            raise  # 429: too many failures for this username, or busy hashing
         page = render_template(
             "console/sign_in.html",
             next=target,
@@ -459,8 +463,11 @@ def error_page(status: int, message: str) -> tuple[str, int]:
 
 @bp.errorhandler(ApiError)
 def domain_error(exc: ApiError):
-    """A refusal from the domain that no form field explains (404 for foreign devices)."""
-    return error_page(exc.status, sentence(exc.error))
+    """A refusal from the domain that no form field explains (404 for foreign devices),
+    with its headers (a 429's Retry-After)."""
+    response = current_app.make_response(error_page(exc.status, sentence(exc.error)))
+    response.headers.update(exc.headers)
+    return response
 
 
 @bp.errorhandler(CSRFError)

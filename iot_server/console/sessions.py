@@ -33,12 +33,16 @@ class ConsoleCookies(SecureCookieSessionInterface):
         return has_request_context() and request.is_secure
 
 
-#: The owner of a live session, by the hash of its id (built once: each request binds).
+#: The owner of a live session, by the hash of its id (built once: each request binds):
+#: unexpired, the owner enabled, and no logout-all or password change since it began.
 _OWNER = (
     select(Owner)
     .join(ConsoleSession, ConsoleSession.owner_id == Owner.id)
     .where(
-        ConsoleSession.id_hash == bindparam("id_hash"), ConsoleSession.expires_at > bindparam("now")
+        ConsoleSession.id_hash == bindparam("id_hash"),
+        ConsoleSession.expires_at > bindparam("now"),
+        ConsoleSession.owner_token_version == Owner.token_version,
+        Owner.enabled,
     )
 )
 
@@ -56,7 +60,12 @@ def create(owner: Owner) -> str:
     now = utcnow()
     session_id = secrets.token_urlsafe(32)
     db.session.execute(delete(ConsoleSession).where(ConsoleSession.expires_at <= now))
-    row = ConsoleSession(id_hash=_digest(session_id), owner_id=owner.id, created_at=now)
+    row = ConsoleSession(
+        id_hash=_digest(session_id),
+        owner_id=owner.id,
+        owner_token_version=owner.token_version,
+        created_at=now,
+    )
     row.expires_at = now + timedelta(seconds=current_app.config["OWNER_TOKEN_TTL"])
     db.session.add(row)
     db.session.commit()
@@ -74,7 +83,7 @@ def begin(owner: Owner) -> None:
 
 def current_owner() -> Owner | None:
     """The signed-in owner of this request (one indexed query), or None: no session,
-    signed out, expired or the account deleted."""
+    signed out, expired, the account deleted or disabled, or its tokens revoked since."""
     session_id = session.get(SESSION_ID)
     if not isinstance(session_id, str):
         return None

@@ -20,6 +20,7 @@ def upgrade():
     op.create_table('console_sessions',
     sa.Column('id_hash', sa.String(length=64), nullable=False),
     sa.Column('owner_id', sa.Integer(), nullable=False),
+    sa.Column('owner_token_version', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['owner_id'], ['owners.id'], ondelete='CASCADE'),

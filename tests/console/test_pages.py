@@ -185,6 +185,51 @@ def test_sign_out_ends_the_session_on_the_server(console, client, app):
     assert console.device(uuid) is None
 
 
+@pytest.mark.parametrize("how", ["password", "logout-all", "revoke", "disable"])
+def test_ending_the_owners_tokens_ends_their_console_sessions(console, client, app, runner, how):
+    """A password change, logout-all (API), `flask users revoke` and `disable` end every
+    console session of the owner too, not only the API tokens."""
+    from iot_server import owners
+
+    owner_id = console.sign_in_as("alice")
+    assert client.get("/console").status_code == 200
+    with app.app_context():
+        owner = db.session.get(Owner, owner_id)
+        if how == "password":
+            owners.set_password(owner, "a brand new passphrase 42")
+        elif how == "logout-all":
+            owners.revoke_tokens(owner)
+        elif how == "revoke":
+            assert runner.invoke(args=["users", "revoke", "alice"]).exit_code == 0
+        else:
+            assert runner.invoke(args=["users", "disable", "alice"]).exit_code == 0
+    response = client.get("/console")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/console/sign-in")
+
+
+def test_sign_in_shares_the_per_username_failure_limit(console, app, devices):
+    """The API's login rules: after RATELIMIT_LOGIN_FAILURES failures for one username,
+    even from other addresses, sign-in answers 429 with Retry-After, right password or not."""
+    devices.owner("alice", PASSWORD)
+    app.config["RATELIMIT_LOGIN_FAILURES"] = "3 per minute"
+    for n in range(3):
+        response = console.post(
+            "/console/sign-in",
+            {"username": "alice", "password": "wrong password!"},
+            environ_base={"REMOTE_ADDR": f"10.77.0.{n + 1}"},
+        )
+        assert response.status_code == 403
+    response = console.post(
+        "/console/sign-in",
+        {"username": "alice", "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "10.77.1.1"},
+    )
+    assert response.status_code == 429
+    assert int(response.headers["Retry-After"]) > 0
+    assert "text/html" in response.headers["Content-Type"]
+
+
 def test_an_expired_session_is_signed_out(console, app):
     console.sign_in_as("alice")
     with app.app_context():
