@@ -82,7 +82,9 @@ def reset_database(database_url: str, env: dict[str, str]) -> None:
     server.dispose()
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS devices, owners, alembic_version CASCADE"))
+        # Every table, whatever the migrations have added since.
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     subprocess.run(
         [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],

@@ -283,3 +283,17 @@ def test_users_create_without_a_terminal_names_password_stdin(tmp_path):
     result = flask_command("users", "create", "rita", env=env, stdin=subprocess.DEVNULL)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "--password-stdin" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_failing_migration_is_one_line(tmp_path):
+    """A schema in a state no migration expects (a table left behind by hand)."""
+    import sqlite3
+
+    path = tmp_path / "stray.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE device_sessions (x INTEGER)")
+    result = flask_command("db", "upgrade", env=person_env(f"sqlite:///{path}"))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == "Error: the migration failed: table device_sessions already exists\n"
