@@ -3,9 +3,11 @@
 Three child processes: the API (`flask run`), the embedded amqtt broker wired to the API's
 go-auth hooks (`iot_server.dev.broker`) and the pinger (`iot_server.pinger`). The database
 (`DATABASE_URL`, else the SQLite file of the instance folder) is migrated first; secrets come
-from the environment, and any that is unset is generated and printed. Each child runs in its
-own process group, so Ctrl-C reaches only this supervisor, which stops the three in order
-and leaves nothing behind.
+from the environment, and any that is unset is generated and printed. The banner ends with
+commands to paste into another shell (tests/dev/test_devstack.py runs them verbatim); with a
+wildcard `--host` devices are told this machine's LAN address. Each child runs in its own
+process group, so Ctrl-C reaches only this supervisor, which stops the three in order and
+leaves nothing behind.
 """
 
 from __future__ import annotations
