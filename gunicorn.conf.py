@@ -13,8 +13,9 @@ from iot_server.logs import logging_config
 
 _config = Config()
 
-# Refuse to start with missing, short or equal secrets, or IOT_ENV=testing: one line naming
-# every problem, exit 1 (Config.startup_problems()).
+# Refuse to start without the database, with missing, short or equal secrets, or with
+# IOT_ENV=testing: one line naming every problem and how to make a secret, exit 1
+# (Config.startup_problems()).
 _problems = _config.startup_problems()
 if _problems:
     sys.exit("iot_server: " + "; ".join(_problems))

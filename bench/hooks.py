@@ -84,9 +84,9 @@ def reset_database(database_url: str, env: dict[str, str]) -> None:
     server.dispose()
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
-        connection.execute(
-            text("DROP TABLE IF EXISTS console_sessions, devices, owners, alembic_version CASCADE")
-        )
+        # Every table, whatever the migrations have added since.
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     subprocess.run(
         [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
@@ -102,7 +102,7 @@ def seed(env: dict[str, str], masters: int, agents_per_master: int) -> list[dict
     os.environ.update({k: env[k] for k in (*SECRETS, "DATABASE_URL", "IOT_ENV")})
     from iot_server import create_app, tokens
     from iot_server.extensions import db
-    from iot_server.models import AGENT, MASTER, Device, Owner
+    from iot_server.models import AGENT, MASTER, Device, DeviceSession, Owner
 
     app = create_app()
     seeded = []
@@ -119,13 +119,16 @@ def seed(env: dict[str, str], masters: int, agents_per_master: int) -> list[dict
             db.session.add_all(group[1:])
             db.session.flush()
             for device in group:
-                # Remember the client id up front, as after each device's first CONNECT.
-                device.mqtt_client_id = f"esp-{device.uuid[:8]}"
+                # Remember the session up front, as after each device's first CONNECT.
+                clientid = f"esp-{device.uuid[:8]}"
+                db.session.add(
+                    DeviceSession(device_uuid=device.uuid, client_id=clientid, token_version=1)
+                )
                 seeded.append(
                     {
                         "uuid": device.uuid,
                         "token": tokens.issue_device_token(device),
-                        "clientid": device.mqtt_client_id,
+                        "clientid": clientid,
                     }
                 )
         db.session.commit()

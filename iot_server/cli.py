@@ -1,25 +1,83 @@
 """Admin CLI: `flask users ...` and `flask devices ...`, thin wrappers over the services.
 
-Each command exits 0 on success, or 1 with one line on stderr (click's `Error: ...`).
+Each command prints its answer and nothing else (log lines only with `--verbose`), and
+exits 0 on success, or 1 with one line on stderr (click's `Error: ...`): a missing,
+unreachable or unmigrated database included, named with what to do.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import sys
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup, with_appcontext
+from flask.cli import AppGroup, ScriptInfo, get_debug_flag, with_appcontext
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.serving import is_running_from_reloader
 
-from . import devices, owners
+from . import database, devices, logs, owners
+from .config import REQUIRED_SECRETS
 from .errors import ApiError
 from .extensions import db
 from .identifiers import parse_uuid
 from .models import Device
 
-users_cli = AppGroup("users", help="Manage owner accounts.")
-devices_cli = AppGroup("devices", help="Manage devices.")
+log = logging.getLogger("iot_server.cli")
+
+
+def set_verbosity(ctx: click.Context, param: click.Parameter, verbose: bool) -> None:
+    """`--verbose` callback: our log lines at the app's level, else warnings only."""
+    level = "WARNING"
+    if verbose:
+        level = logs.app_log_level(ctx.ensure_object(ScriptInfo).load_app().config["DEBUG_LOGS"])
+    logging.getLogger(logs.ROOT_LOGGER).setLevel(level)
+
+
+def database_guarded(action):
+    """Run a command only on a database that fits this code, and turn any database
+    failure into one line naming the fix."""
+
+    @functools.wraps(action)
+    def guarded(*args, **kwargs):
+        problem = database.readiness_problem(db.engine)
+        if problem is not None:
+            raise click.ClickException(problem)
+        try:
+            return action(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            db.session.rollback()
+            raise click.ClickException(database.failure_line(exc, db.engine.url)) from None
+
+    return guarded
+
+
+class AdminGroup(AppGroup):
+    """A command group whose commands answer in one line: each checks the database first,
+    reports database failures in one line, and logs only with `--verbose`."""
+
+    def command(self, *args, **kwargs):
+        """`AppGroup.command`, plus the database guard and `--verbose`."""
+        register = super().command(*args, **kwargs)
+
+        def decorator(action):
+            verbose = click.option(
+                "--verbose",
+                is_flag=True,
+                expose_value=False,
+                is_eager=True,
+                callback=set_verbosity,
+                help="Also print log lines.",
+            )
+            return register(verbose(database_guarded(action)))
+
+        return decorator
+
+
+users_cli = AdminGroup("users", help="Manage owner accounts.")
+devices_cli = AdminGroup("devices", help="Manage devices.")
 
 
 def uuid_argument(value: str) -> str:
@@ -46,6 +104,11 @@ def fail_on_api_error(action):
         raise click.ClickException(f"{exc.code}: {exc.error}") from None
 
 
+def stdin_is_terminal() -> bool:
+    """True when a person can answer a prompt (the password is not echoed)."""
+    return sys.stdin.isatty()
+
+
 @users_cli.command("create")
 @click.argument("username")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
@@ -65,9 +128,13 @@ def existing_owner(username: str):
 
 
 def read_password(password_stdin: bool) -> str:
-    """A new password from standard input, or prompted for twice."""
+    """A new password from standard input, or prompted for twice at a terminal."""
     if password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
+    if not stdin_is_terminal():
+        raise click.ClickException(
+            "no terminal to ask for the password: pipe it in with --password-stdin"
+        )
     return click.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
@@ -108,17 +175,25 @@ def revoke_user(username: str) -> None:
     click.echo(f"{owner.username}: every token ended (token version {owner.token_version})")
 
 
+LIST_HEADER = ("UUID", "KIND", "STATE", "OWNER/MASTER", "LAST SEEN")
+
+
 @devices_cli.command("list")
 def list_devices() -> None:
     """List every device: uuid, kind, state, owner or master, last seen."""
     rows = db.session.execute(select(Device).order_by(Device.created_at)).scalars()
+    lines = [LIST_HEADER]
     for device in rows:
         state = "registered" if device.is_registered else "unregistered"
         if not device.enabled:
             state = "disabled"
         holder = device.owner.username if device.owner else (device.master_uuid or "-")
         seen = device.last_seen_at.isoformat() if device.last_seen_at else "never"
-        click.echo(f"{device.uuid}  {device.kind:<6}  {state:<12}  {holder}  {seen}")
+        lines.append((device.uuid, device.kind, state, holder, seen))
+    widths = [max(len(line[column]) for line in lines) for column in range(len(LIST_HEADER))]
+    for line in lines:
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=True)]
+        click.echo("  ".join(cells).rstrip())
 
 
 @devices_cli.command("claim")
@@ -215,9 +290,31 @@ def dev_command(host: str, port: int, mqtt_port: int) -> None:
     sys.exit(status)
 
 
+def warn_if_served_without_secrets(app: Flask) -> None:
+    """`flask run` without the secrets starts (SPEC.md), but says once, at start, that
+    registrations will fail and what to run instead. Other commands need no secret."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.info_name != "run":
+        return
+    missing = [name for name in REQUIRED_SECRETS if not app.config.get(name)]
+    if not missing:
+        return
+    reload = ctx.params.get("reload")
+    if reload is None:
+        reload = get_debug_flag()
+    if reload and not is_running_from_reloader():
+        return  # the reloader's watcher: the child that serves warns
+    log.warning(
+        "%s not set: device registrations and broker logins will fail; for development "
+        "run `flask --app wsgi dev`, which generates them",
+        ", ".join(missing),
+    )
+
+
 def init_app(app: Flask) -> None:
     """Register the command groups on the app."""
     app.cli.add_command(users_cli)
     app.cli.add_command(devices_cli)
     app.cli.add_command(pinger_command)
     app.cli.add_command(dev_command)
+    warn_if_served_without_secrets(app)

@@ -122,15 +122,17 @@ class Config:
         return [name for name in REQUIRED_SECRETS if not getattr(self, name)]
 
     def startup_problems(self) -> list[str]:
-        """Why production (gunicorn) must not start with this configuration; [] when it may.
+        """Why production (gunicorn.conf.py) must refuse to start with this configuration:
+        each a short clause, joined into one line by the caller; empty when it may start.
 
-        Missing, short or equal secrets, and `IOT_ENV=testing` (which would swap in the
-        repository's public test secrets).
+        A missing DATABASE_URL (production never falls back to a local SQLite file), missing,
+        short or equal secrets, and `IOT_ENV=testing` (the repository's public test secrets).
         """
         problems = []
         missing = self.missing_secrets()
-        if missing:
-            problems.append(f"missing required environment variables: {', '.join(missing)}")
+        required = (["DATABASE_URL"] if not self.SQLALCHEMY_DATABASE_URI else []) + missing
+        if required:
+            problems.append(f"missing required environment variables: {', '.join(required)}")
         present = [name for name in REQUIRED_SECRETS if getattr(self, name)]
         short = [name for name in present if len(getattr(self, name)) < SECRET_MIN_LENGTH]
         if short:
@@ -145,7 +147,7 @@ class Config:
         if env_str("IOT_ENV") == "testing":
             problems.append("IOT_ENV=testing is for the test suite only (public test secrets)")
         if missing or short:
-            problems.append(f"make a secret with: {MAKE_SECRET}")
+            problems.append(f"make each secret with: {MAKE_SECRET}")
         return problems
 
 

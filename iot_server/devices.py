@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .errors import ApiError
 from .extensions import db
-from .models import AGENT, MASTER, Device, Owner, UTCDateTime, utcnow
+from .models import AGENT, MASTER, Device, DeviceSession, Owner, UTCDateTime, utcnow
 
 log = logging.getLogger("iot_server.devices")
 
@@ -298,11 +298,11 @@ def release(device: Device) -> None:
     sessions = []
     for agent in list(device.agents):
         agent.master_uuid = None
-        sessions.append(_revoke(agent))
+        sessions += _revoke(agent)
     device.owner_id = None
     # The next owner names it anew.
     device.name = None
-    sessions.append(_revoke(device))
+    sessions += _revoke(device)
     db.session.commit()
     log.info("device released", extra={"device": device.uuid})
     _disconnect(sessions)
@@ -348,7 +348,7 @@ def link(master_uuid: str, agent_uuid: str) -> tuple[Device, bool]:
         raise ApiError(409, "agent already linked to another master")
     log.info("agent linked", extra={"device": agent.uuid, "master": master.uuid})
     # EMQX's ACL snapshot of the master lacks the new agent's topic until it reconnects.
-    _disconnect([master.mqtt_client_id])
+    _disconnect(session_client_ids(master))
     return agent, created
 
 
@@ -361,27 +361,27 @@ def unlink(master: Device, agent_uuid: str) -> None:
     if agent is None or agent.master_uuid != master.uuid:
         raise ApiError(404, "agent not linked to this master")
     agent.master_uuid = None
-    sessions = [_revoke(agent), master.mqtt_client_id]
+    sessions = _revoke(agent) + session_client_ids(master)
     db.session.commit()
     log.info("agent unlinked", extra={"device": agent.uuid, "master": master.uuid})
     _disconnect(sessions)
 
 
 def revoke(device: Device) -> None:
-    """Invalidate every token of the device and cut its live MQTT session."""
-    session = _revoke(device)
+    """Invalidate every token of the device and cut all its live MQTT sessions."""
+    sessions = _revoke(device)
     db.session.commit()
     log.info("device revoked", extra={"device": device.uuid})
-    _disconnect([session])
+    _disconnect(sessions)
 
 
 def set_enabled(device: Device, enabled: bool) -> None:
     """Disable (refuse tokens and connections) or enable a device."""
     device.enabled = enabled
-    session = None if enabled else _revoke(device)
+    sessions = [] if enabled else _revoke(device)
     db.session.commit()
     log.info("device %s", "enabled" if enabled else "disabled", extra={"device": device.uuid})
-    _disconnect([session])
+    _disconnect(sessions)
 
 
 def delete(device: Device) -> None:
@@ -391,8 +391,8 @@ def delete(device: Device) -> None:
     sessions = []
     for agent in list(device.agents):
         agent.master_uuid = None
-        sessions.append(_revoke(agent))
-    sessions.append(device.mqtt_client_id)
+        sessions += _revoke(agent)
+    sessions += session_client_ids(device)
     db.session.delete(device)
     db.session.commit()
     log.info("device deleted", extra={"device": device.uuid})
@@ -431,19 +431,35 @@ def _lock(model, condition) -> None:
     db.session.execute(select(model).where(condition).with_for_update()).first()
 
 
-def _revoke(device: Device) -> str | None:
-    """Bump the token version and forget the session; returns its client id to cut.
+def session_client_ids(device: Device) -> list[str]:
+    """The client ids of the device's remembered sessions at its current token version."""
+    query = select(DeviceSession.client_id).where(
+        DeviceSession.device_uuid == device.uuid,
+        DeviceSession.token_version == device.token_version,
+    )
+    return list(db.session.execute(query).scalars())
 
-    The caller commits. With the client id cleared, go-auth ACL checks of the old session
-    fail (see `broker.decisions`), and `sessions_cut` asks EMQX to disconnect it.
+
+def _revoke(device: Device) -> list[str]:
+    """Bump the token version and forget every session; returns their client ids to cut.
+
+    The caller commits. The version is written first, so a login racing this one either
+    committed its session before (deleted here, and kicked) or finds the new version and
+    is refused (`broker.device_state.record_session` locks the device row to check it).
+    With the sessions gone, go-auth topic checks of each fail (see `broker.decisions`),
+    and `sessions_cut` asks EMQX to disconnect each.
     """
     device.token_version += 1
-    client_id, device.mqtt_client_id = device.mqtt_client_id, None
-    return client_id
+    db.session.flush()
+    forget = (
+        delete_rows(DeviceSession)
+        .where(DeviceSession.device_uuid == device.uuid)
+        .returning(DeviceSession.client_id)
+    )
+    return sorted(db.session.execute(forget).scalars())
 
 
-def _disconnect(client_ids: list[str | None]) -> None:
+def _disconnect(client_ids: list[str]) -> None:
     """Announce the sessions to cut (EMQX, when its API is configured), after the commit."""
-    live = [client_id for client_id in client_ids if client_id]
-    if live:
-        sessions_cut.send(current_app._get_current_object(), client_ids=live)
+    if client_ids:
+        sessions_cut.send(current_app._get_current_object(), client_ids=client_ids)

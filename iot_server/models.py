@@ -26,6 +26,12 @@ DEVICE_NAME_MAX = 64
 #: Unicode category Cc: C0 controls, DEL and C1 controls (never in a device name).
 CONTROL_CHARACTERS = "\x00-\x1f\x7f-\x9f"
 _CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
+#: The longest MQTT client id the hooks remember (MQTT 3.1.1 allows 65535 bytes; EMQX's
+#: default `max_clientid_len` is 65535 too, but no real firmware comes near 256).
+CLIENT_ID_MAX = 256
+#: Authenticated client ids remembered per device; a new one beyond this forgets the least
+#: recently authenticated (SPEC.md, "Sessions").
+SESSIONS_PER_DEVICE = 16
 
 
 def utcnow() -> datetime:
@@ -123,9 +129,6 @@ class Device(db.Model):
     )
     token_version: Mapped[int] = mapped_column(Integer, default=1)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    # The MQTT client id the broker hooks last authenticated for this device:
-    # the EMQX API kicks it on revoke, and ACL checks of other client ids fail.
-    mqtt_client_id: Mapped[str | None] = mapped_column(String(256))
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # When it was first claimed (master) or linked (agent): a device that never was has
     # never had a token, and is forgotten after a week (`devices.prune_unregistered`).
@@ -137,6 +140,10 @@ class Device(db.Model):
     master: Mapped[Device | None] = relationship(remote_side=[uuid], back_populates="agents")
     agents: Mapped[list[Device]] = relationship(
         back_populates="master", order_by="Device.created_at"
+    )
+    # The ORM deletes them with the device (SQLite enforces no foreign keys here).
+    sessions: Mapped[list[DeviceSession]] = relationship(
+        back_populates="device", cascade="all, delete-orphan"
     )
 
     @property
@@ -166,3 +173,27 @@ class ConsoleSession(db.Model):
 
     def __repr__(self) -> str:
         return f"<ConsoleSession owner={self.owner_id}>"
+
+
+class DeviceSession(db.Model):
+    """An MQTT client id the broker hooks authenticated for a device, with the token
+    version it logged in with: at most `SESSIONS_PER_DEVICE` per device.
+
+    Topic checks accept a session only while its version is the device's current one, so
+    a revocation ends every session even if a row outlives it; revoke, disable, release
+    and unlink delete the rows and ask EMQX to kick each client id.
+    """
+
+    __tablename__ = "device_sessions"
+
+    device_uuid: Mapped[str] = mapped_column(
+        ForeignKey("devices.uuid", ondelete="CASCADE"), primary_key=True
+    )
+    client_id: Mapped[str] = mapped_column(String(CLIENT_ID_MAX), primary_key=True)
+    token_version: Mapped[int] = mapped_column(Integer)
+    authenticated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    device: Mapped[Device] = relationship(back_populates="sessions")
+
+    def __repr__(self) -> str:
+        return f"<DeviceSession {self.device_uuid} {self.client_id}>"

@@ -1,18 +1,37 @@
 import logging
-from logging.config import fileConfig
 
+import click
 from alembic import context
 from flask import current_app
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from iot_server import database
 
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
 config = context.config
 
-# Interpret the config file for Python logging.
-# This line sets up loggers basically.
-# Keep the app's loggers: alembic's default would disable every logger it does not name.
-fileConfig(config.config_file_name, disable_existing_loggers=False)
+# Logging is the app's (iot_server.logs): no fileConfig here, which would replace its
+# handler. Alembic's own INFO lines ("setup plugin …", "Context impl …") are chatter; each
+# applied migration is reported in one plain line instead (`report_step`), unless the
+# caller passes `-x quiet=1` (`flask dev` migrates silently before its banner).
+logging.getLogger("alembic").setLevel(logging.WARNING)
 logger = logging.getLogger("alembic.env")
+QUIET = bool(context.get_x_argument(as_dictionary=True).get("quiet"))
+
+
+APPLIED: list[str] = []
+
+
+def report_step(ctx, step, heads, run_args):
+    """Note which migration was applied (printed once they all are: PostgreSQL rolls the
+    whole run back when one fails)."""
+    source = ", ".join(step.source_revision_ids) or "empty"
+    target = ", ".join(step.destination_revision_ids) or "empty"
+    script = step.up_revision
+    summary = (script.doc or "").splitlines()[0] if script is not None else ""
+    verb = "upgraded" if step.is_upgrade else "downgraded"
+    APPLIED.append(f"{verb} {source} -> {target}" + (f": {summary}" if summary else ""))
 
 
 def get_engine():
@@ -85,14 +104,28 @@ def run_migrations_online():
     conf_args = current_app.extensions["migrate"].configure_args
     if conf_args.get("process_revision_directives") is None:
         conf_args["process_revision_directives"] = process_revision_directives
+    conf_args["on_version_apply"] = report_step
 
     connectable = get_engine()
 
-    with connectable.connect() as connection:
+    try:
+        connection = connectable.connect()
+    except OperationalError as exc:
+        # One line naming the fix (SPEC.md, "Admin CLI"), not a driver traceback.
+        raise click.ClickException(database.failure_line(exc, connectable.url)) from None
+    with connection:
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 
-        with context.begin_transaction():
-            context.run_migrations()
+        try:
+            with context.begin_transaction():
+                context.run_migrations()
+        except SQLAlchemyError as exc:
+            # The database's own words are what a person acts on; the stack is noise.
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise click.ClickException(f"the migration failed: {reason}") from None
+    if not QUIET:
+        for line in APPLIED:
+            click.echo(line)
 
 
 if context.is_offline_mode():

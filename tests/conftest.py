@@ -32,7 +32,7 @@ from werkzeug.serving import make_server
 from iot_server import create_app
 from iot_server.config import LOOPBACK_NETWORKS, database_url
 from iot_server.extensions import db, limiter
-from iot_server.models import AGENT, MASTER, ConsoleSession, Device, Owner
+from iot_server.models import AGENT, MASTER, ConsoleSession, Device, DeviceSession, Owner
 
 ROOT = Path(__file__).resolve().parent.parent
 MASTER_SECRET = "test-master-secret-0123456789abcdefghij"
@@ -155,6 +155,7 @@ def database(request, tmp_path_factory) -> str:
 def clear_tables() -> None:
     """Empty every table, children first."""
     db.session.rollback()
+    db.session.execute(DeviceSession.__table__.delete())
     db.session.execute(Device.__table__.update().values(master_uuid=None))
     db.session.execute(Device.__table__.delete())
     db.session.execute(ConsoleSession.__table__.delete())
@@ -263,6 +264,25 @@ class Devices:
 
         with self.app.app_context():
             return tokens.issue_device_token(db.session.get(Device, uuid))
+
+    def sessions(self, uuid: str) -> dict[str, int]:
+        """The device's remembered MQTT sessions: client id → token version."""
+        with self.app.app_context():
+            rows = db.session.execute(
+                db.select(DeviceSession.client_id, DeviceSession.token_version).filter_by(
+                    device_uuid=uuid
+                )
+            )
+            return dict(rows.all())
+
+    def remember_session(self, uuid: str, client_id: str, **fields) -> None:
+        """Remember a session as the broker hooks do at login (at the device's current
+        token version unless `token_version` is given)."""
+        with self.app.app_context():
+            version = db.session.get(Device, uuid).token_version
+            fields.setdefault("token_version", version)
+            db.session.add(DeviceSession(device_uuid=uuid, client_id=client_id, **fields))
+            db.session.commit()
 
     def get(self, uuid: str) -> Device:
         """A detached snapshot of the device row."""
@@ -610,12 +630,20 @@ PING_PAYLOAD = '{"c":"PING"}'
 class FakeDevice:
     """A device's MQTT session (paho): subscribes to its ping topic, records what arrives."""
 
-    def __init__(self, port: int, uuid: str | None = None, password: str | None = None):
+    def __init__(
+        self,
+        port: int,
+        uuid: str | None = None,
+        password: str | None = None,
+        client_id: str | None = None,
+    ):
         self.uuid = uuid or new_uuid()
         self.topic = f"device/{self.uuid}/ping"
         self.messages: queue.Queue[tuple[dict | None, mqtt.MQTTMessage]] = queue.Queue()
         self.subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{self.uuid}")
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id or f"test-{self.uuid}"
+        )
         if password is not None:
             self.client.username_pw_set(f"device_{self.uuid}", password)
         self.client.reconnect_delay_set(0.2, 1)

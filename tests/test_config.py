@@ -6,7 +6,13 @@ import pytest
 from conftest import MASTER_SECRET, GunicornServer
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from iot_server.config import REQUIRED_SECRETS, Config, DevelopmentConfig, database_url
+from iot_server.config import (
+    MAKE_SECRET,
+    REQUIRED_SECRETS,
+    Config,
+    DevelopmentConfig,
+    database_url,
+)
 
 SECRETS = {
     "JWT_SECRET": "j" * 40,
@@ -99,12 +105,38 @@ def test_postgres_scheme_url_works_end_to_end(postgres_url, monkeypatch):
         db.engine.dispose()
 
 
-def refused_gunicorn(tmp_path, **env: str) -> tuple[int, str]:
+def refused_gunicorn(tmp_path, database: bool = True, **env: str) -> tuple[int, str]:
     """gunicorn started with the machine's environment minus our secrets, plus `env`."""
     base = {k: v for k, v in os.environ.items() if k not in REQUIRED_SECRETS}
     base.pop("IOT_ENV", None)
-    base["DATABASE_URL"] = f"sqlite:///{tmp_path / 'prod.sqlite'}"
+    base.pop("DATABASE_URL", None)
+    if database:
+        base["DATABASE_URL"] = f"sqlite:///{tmp_path / 'prod.sqlite'}"
     return GunicornServer({**base, **env}, tmp_path, workers=1).refusal()
+
+
+def test_startup_problems_name_the_database_and_each_secret(clean_env):
+    """One list for gunicorn's one line: what is missing, and how to make a secret."""
+    assert Config().startup_problems() == [
+        "missing required environment variables: DATABASE_URL, " + ", ".join(REQUIRED_SECRETS),
+        f"make each secret with: {MAKE_SECRET}",
+    ]
+    clean_env.setenv("DATABASE_URL", "postgres://u@h/d")
+    for name, value in SECRETS.items():
+        clean_env.setenv(name, value)
+    assert Config().startup_problems() == []
+    clean_env.delenv("DATABASE_URL")
+    assert Config().startup_problems() == ["missing required environment variables: DATABASE_URL"]
+
+
+def test_make_a_secret_makes_one():
+    """The command the refusal prints works and makes a 43-character secret."""
+    import subprocess
+    import sys
+
+    command = MAKE_SECRET.replace("python", sys.executable, 1)
+    made = subprocess.run(command, shell=True, capture_output=True, text=True, check=True)
+    assert len(made.stdout.strip()) == 43
 
 
 def test_database_pool_is_sized_from_the_environment(clean_env, postgres_url):
@@ -139,6 +171,77 @@ def test_gunicorn_refuses_to_start_without_secrets(tmp_path):
     assert "DEVICE_AGENT_SECRET_KEY" in lines[0]
     assert "MQTT_SECRET_KEY" in lines[0]
     assert "JWT_SECRET," not in lines[0]
+
+
+@pytest.mark.slow
+def test_gunicorn_refuses_to_start_without_database_url(tmp_path):
+    """Production never serves from a local SQLite file: the same one line as secrets."""
+    status, stderr = refused_gunicorn(tmp_path, database=False, **SECRETS)
+    assert status != 0
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines == ["iot_server: missing required environment variables: DATABASE_URL"]
+    assert not (tmp_path / "instance").exists()
+
+
+@pytest.mark.slow
+def test_gunicorn_names_every_problem_and_how_to_make_a_secret(tmp_path):
+    status, stderr = refused_gunicorn(tmp_path, database=False)
+    assert status != 0
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "DATABASE_URL, JWT_SECRET, DEVICE_MASTER_SECRET_KEY" in lines[0]
+    assert MAKE_SECRET in lines[0]
+
+
+def flask_run(tmp_path, reload: bool = False, **env: str) -> str:
+    """`flask --app wsgi run` on a free port until it serves (with the reloader: until its
+    child, which loads the app again, answers a request); what it wrote on stderr."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import ROOT, free_port, wait_until
+
+    ours = (*REQUIRED_SECRETS, "IOT_ENV", "DATABASE_URL", "FLASK_DEBUG")
+    base = {k: v for k, v in os.environ.items() if k not in ours}
+    base["DATABASE_URL"] = f"sqlite:///{tmp_path / 'run.sqlite'}"
+    port = free_port()
+    args = ["--debug"] if reload else []
+    with open(tmp_path / "run.err", "w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "run", *args, "--port", str(port)],
+            cwd=ROOT, env={**base, **env}, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+
+        def serves() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        try:
+            assert wait_until(serves, timeout=30), (tmp_path / "run.err").read_text()
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    return (tmp_path / "run.err").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reload", [False, True], ids=["plain", "reloader"])
+def test_flask_run_without_secrets_warns_once_naming_flask_dev(tmp_path, reload):
+    stderr = flask_run(tmp_path, reload=reload)
+    warnings = [line for line in stderr.splitlines() if "not set" in line]
+    assert len(warnings) == 1, stderr
+    assert "flask --app wsgi dev" in warnings[0]
+    assert all(name in warnings[0] for name in REQUIRED_SECRETS)
+
+
+@pytest.mark.slow
+def test_flask_run_with_secrets_does_not_warn(tmp_path):
+    stderr = flask_run(tmp_path, **SECRETS)
+    assert "not set" not in stderr
 
 
 @pytest.mark.slow

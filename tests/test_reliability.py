@@ -46,7 +46,7 @@ from reliability_kit import (
 from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
 
-from iot_server.models import Device
+from iot_server.models import Device, DeviceSession
 
 pytestmark = pytest.mark.slow
 
@@ -92,15 +92,16 @@ def login_answer_is_right(style: str, device, answer, allowed: bool) -> bool:
 
 
 def recorded_client_ids(database_url: str, uuids: list[str]) -> dict[str, str | None]:
-    """`Device.mqtt_client_id` of each device."""
+    """The client id each device has a remembered session for (None when it has none)."""
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
-            column = Device.__table__.c
+            column = DeviceSession.__table__.c
             rows = connection.execute(
-                select(column.uuid, column.mqtt_client_id).where(column.uuid.in_(uuids))
+                select(column.device_uuid, column.client_id).where(column.device_uuid.in_(uuids))
             )
-            return dict(rows.all())
+            found = dict(rows.all())
+            return {uuid: found.get(uuid) for uuid in uuids}
     finally:
         engine.dispose()
 

@@ -278,8 +278,8 @@ def test_an_unlinked_agent_leaves_the_masters_topics_on_the_other_instance(insta
 
 
 def test_a_login_racing_a_revocation_does_not_revive_the_session(app, devices, monkeypatch):
-    """Instance B reads the device, instance A revokes it (bumps the version, clears the
-    client id), then B would record the new client id: it must refuse instead, or the
+    """Instance B reads the device, instance A revokes it (bumps the version, forgets the
+    sessions), then B would remember the new session: it must refuse instead, or the
     revoked session would pass every later go-auth topic check."""
     uuid = devices.master()
     token = devices.token(uuid)
@@ -291,7 +291,7 @@ def test_a_login_racing_a_revocation_does_not_revive_the_session(app, devices, m
             connection.execute(
                 update(Device)
                 .where(Device.uuid == device_uuid)
-                .values(token_version=Device.token_version + 1, mqtt_client_id=None)
+                .values(token_version=Device.token_version + 1)
             )
         return state
 
@@ -299,7 +299,7 @@ def test_a_login_racing_a_revocation_does_not_revive_the_session(app, devices, m
     with app.test_request_context():
         decision = broker_auth.authenticate(f"device_{uuid}", token, "new-session")
     assert decision.result == "deny"
-    assert devices.get(uuid).mqtt_client_id is None
+    assert devices.sessions(uuid) == {}
 
 
 def test_a_late_presence_batch_never_moves_last_seen_back(app, devices):

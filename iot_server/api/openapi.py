@@ -1,7 +1,9 @@
 """Blueprint `openapi`: the OpenAPI 3.1 description of the whole HTTP API, and a page to read it.
 
 `DOCUMENT` below is the one source: `/openapi.json` serves it and `/docs` renders it with
-`templates/docs.html`, plain HTML with no scripts or external assets, so it works offline.
+`templates/docs.html`, plain HTML with no scripts or external assets, so it works offline:
+descriptions' Markdown is rendered on the server (markdown-it-py), and schemas are tables
+whose nested objects expand (`<details>`).
 Patterns, limits, request bodies and result codes come from the modules that enforce them
 (`identifiers`, `errors`, the blueprints' field specs), so the description cannot drift.
 `tests/test_openapi.py` keeps it equal to the app's URL map, and the schemathesis run checks
@@ -11,8 +13,12 @@ the answers against it.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 from flask import Blueprint, jsonify, render_template
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from .. import devices, identifiers
 from ..errors import CODES
@@ -428,7 +434,7 @@ DOCUMENT: dict = {
             "post": {
                 "tags": ["owner devices"],
                 "operationId": "revokeDevice",
-                "summary": "Invalidate the device's tokens and cut its live MQTT session",
+                "summary": "Invalidate the device's tokens and cut its live MQTT sessions",
                 "security": OWNER,
                 "responses": {
                     "200": ok("Revoked.", "DeviceAnswer"),
@@ -806,6 +812,125 @@ def resolve(node: dict, doc: dict) -> dict:
     return found
 
 
+_MARKDOWN = MarkdownIt("commonmark", {"html": False})
+
+
+def markdown(text: str | None, inline: bool = False) -> Markup:
+    """A description's Markdown as HTML (CommonMark; raw HTML in the text is escaped)."""
+    if not text:
+        return Markup("")
+    return Markup(_MARKDOWN.renderInline(text) if inline else _MARKDOWN.render(text))
+
+
+@dataclass
+class Field:
+    """One property of an object schema, for the page."""
+
+    name: str
+    required: bool
+    schema: SchemaView
+
+
+@dataclass
+class SchemaView:
+    """A JSON Schema as the page shows it: a readable type, its constraints and description,
+    and the fields of an object (or of an array's items), each expandable in turn."""
+
+    type: str
+    name: str = ""
+    constraints: list[str] = dataclass_field(default_factory=list)
+    description: Markup = Markup("")
+    fields: list[Field] = dataclass_field(default_factory=list)
+
+    @property
+    def expandable(self) -> bool:
+        """True when there are fields to show."""
+        return bool(self.fields)
+
+
+def schema_view(schema: dict | None, doc: dict, depth: int = 0) -> SchemaView | None:
+    """The readable form of `schema` (local `$ref`s followed, named after their component)."""
+    if not schema:
+        return None
+    name = schema["$ref"].rsplit("/", 1)[-1] if "$ref" in schema else ""
+    schema = resolve(schema, doc)
+    view = SchemaView(type=_type_label(schema, doc), name=name)
+    view.description = markdown(schema.get("description"), inline=True)
+    view.constraints = _constraints(schema, doc)
+    target = schema
+    if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
+        items = schema["items"]
+        view.name = view.name or items.get("$ref", "").rsplit("/", 1)[-1]
+        target = resolve(items, doc)
+    if depth < 6:  # the document is not recursive; the bound only keeps the page finite
+        required = set(target.get("required", []))
+        view.fields = [
+            Field(key, key in required, schema_view(value, doc, depth + 1))
+            for key, value in target.get("properties", {}).items()
+        ]
+    return view
+
+
+def _type_label(schema: dict, doc: dict) -> str:
+    """`string`, `"OK"`, `"master" | "agent"`, `string | null`, `array of Device`…"""
+    if "const" in schema:
+        return json.dumps(schema["const"])
+    if "enum" in schema:
+        return " | ".join(json.dumps(value) for value in schema["enum"])
+    if "anyOf" in schema or "oneOf" in schema:
+        variants = schema.get("anyOf") or schema.get("oneOf")
+        return " | ".join(_type_label(resolve(variant, doc), doc) for variant in variants)
+    kind = schema.get("type", "any")
+    if isinstance(kind, list):
+        return " | ".join(kind)
+    if kind == "array":
+        items = schema.get("items") or {}
+        item_name = items["$ref"].rsplit("/", 1)[-1] if "$ref" in items else ""
+        return f"array of {item_name or _type_label(resolve(items, doc), doc)}"
+    return kind
+
+
+def printable(text: str) -> str:
+    """`text` with control characters written as `\\uXXXX` (patterns list some)."""
+    return "".join(
+        f"\\u{ord(char):04x}" if ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 else char
+        for char in text
+    )
+
+
+def _constraints(schema: dict, doc: dict) -> list[str]:
+    """What else a value must be, in words."""
+    found = []
+    low, high = schema.get("minLength"), schema.get("maxLength")
+    if low is not None and high is not None:
+        found.append(f"{low}–{high} characters")
+    elif high is not None:
+        found.append(f"at most {high} characters")
+    elif low is not None:
+        found.append(f"at least {low} characters")
+    if "pattern" in schema:
+        found.append(f"matches {printable(schema['pattern'])}")
+    if "format" in schema:
+        found.append(schema["format"])
+    extra = schema.get("additionalProperties")
+    if extra is False:
+        found.append("no other fields")
+    elif isinstance(extra, dict):
+        found.append(f"any field name → {_type_label(resolve(extra, doc), doc)}")
+    return found
+
+
+def security_alternatives(op: dict, doc: dict) -> list[dict]:
+    """How an operation may be authorized: each alternative's schemes (name and
+    description), or none (an empty list: from a trusted network)."""
+    schemes = doc["components"]["securitySchemes"]
+    return [
+        [{"name": name, "description": markdown(schemes[name].get("description"), True)}
+         for name in alternative]
+        for alternative in op.get("security", [])
+    ]  # fmt: skip
+
+
 def operations(doc: dict) -> list[dict]:
     """Every operation, flattened for the HTML page, in document order."""
     found = []
@@ -819,38 +944,45 @@ def operations(doc: dict) -> list[dict]:
             for status, response in op["responses"].items():
                 response = resolve(response, doc)
                 content = response.get("content", {})
-                schema = next(iter(content.values()), {}).get("schema")
-                shown = {"description": response["description"], "schema": pretty(schema, doc)}
-                responses.append((status, shown))
-            body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+                media, body = next(iter(content.items()), (None, {}))
+                responses.append(
+                    {
+                        "status": status,
+                        "description": markdown(response["description"], inline=True),
+                        "media": media,
+                        "schema": schema_view(body.get("schema"), doc),
+                    }
+                )
+            request_body = op.get("requestBody", {})
+            media = list(request_body.get("content", {}))
+            first = request_body.get("content", {}).get(media[0], {}) if media else {}
             found.append(
                 {
                     "id": op["operationId"],
                     "tag": op.get("tags", ["broker hooks"])[0],
                     "method": method.upper(),
                     "path": path,
-                    "summary": op.get("summary", ""),
-                    "description": op.get("description", ""),
-                    "security": " or ".join(
-                        " + ".join(alt) if alt else "none (trusted network)"
-                        for alt in op.get("security", [])
-                    ),
+                    "summary": markdown(op.get("summary", ""), inline=True),
+                    "description": markdown(op.get("description", "")),
+                    "security": security_alternatives(op, doc),
                     "parameters": [
-                        {**p, "schema": json.dumps(p["schema"])}
+                        {
+                            "name": p["name"],
+                            "in": p["in"],
+                            "required": p.get("required", False),
+                            "schema": schema_view(p["schema"], doc),
+                            "description": markdown(p.get("description"), inline=True),
+                            "example": p.get("example"),
+                        }
                         for p in [*shared, *op.get("parameters", [])]
                     ],
-                    "body": pretty(body.get("schema"), doc),
+                    "body": schema_view(first.get("schema"), doc),
+                    "body_media": media,
+                    "body_description": markdown(request_body.get("description"), True),
                     "responses": responses,
                 }
             )
     return found
-
-
-def pretty(schema: dict | None, doc: dict) -> str:
-    """A schema as indented JSON, with a top-level `$ref` resolved."""
-    if not schema:
-        return ""
-    return json.dumps(resolve(schema, doc), indent=2, ensure_ascii=True)
 
 
 @bp.get("/openapi.json")
@@ -861,10 +993,25 @@ def openapi_json():
 
 @bp.get("/docs")
 def docs_page():
-    """The document as a readable, self-contained HTML page (no scripts, no CDN)."""
+    """The document as a readable, self-contained HTML page (no scripts, no CDN): Markdown
+    rendered, schemas as tables whose nested objects expand."""
     ops = operations(DOCUMENT)
     tags = [
-        {**tag, "operations": [op for op in ops if op["tag"] == tag["name"]]}
+        {
+            **tag,
+            "description": markdown(tag.get("description"), inline=True),
+            "operations": [op for op in ops if op["tag"] == tag["name"]],
+        }
         for tag in DOCUMENT["tags"]
     ]
-    return render_template("docs.html", doc=DOCUMENT, tags=tags)
+    schemes = [
+        {"name": name, "description": markdown(scheme.get("description"), inline=True)}
+        for name, scheme in DOCUMENT["components"]["securitySchemes"].items()
+    ]
+    return render_template(
+        "docs.html",
+        doc=DOCUMENT,
+        tags=tags,
+        schemes=schemes,
+        description=markdown(DOCUMENT["info"]["description"]),
+    )

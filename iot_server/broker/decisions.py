@@ -6,9 +6,10 @@ Topic rules live in `policy`, and whether a device may use a token in
 `devices.token_refusal()`.
 
 Speed: a broker asks on every CONNECT, and go-auth/amqtt on every publish, subscribe and
-delivery. So authentication reads the device and its agents in one indexed query and writes
-only when the client id changed; authorization reads a per-process device-state cache that
-lives `HOOK_CACHE_TTL` seconds (revocation and unlinking are visible within that bound);
+delivery. So authentication reads the device, its sessions and its agents in one indexed
+query and writes only for a new session (or one due for a refresh); authorization reads a
+per-process device-state cache that lives `HOOK_CACHE_TTL` seconds (revocation, and
+unlinking, reach every session of the device within that bound);
 repeated failed logins are answered from a negative cache for `AUTH_NEGATIVE_TTL` seconds.
 A database failure denies, is logged, and is never cached.
 """
@@ -18,17 +19,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from flask import current_app
 
 from .. import devices, policy, tokens
 from ..identifiers import uuid_from_username
+from ..models import CLIENT_ID_MAX
 from . import caches
 from .callers import secret_matches
-from .device_state import DatabaseUnavailable, DeviceState, load_device_state, record_client_id
+from .device_state import (
+    DatabaseUnavailable,
+    DeviceState,
+    load_device_state,
+    remember_session,
+)
 
 log = logging.getLogger("iot_server.hooks")
+
+#: Why a topic check of a client id that did not authenticate (or was cut) is refused.
+NOT_A_SESSION = "not an authenticated session of the device"
 
 ALLOW = "allow"
 DENY = "deny"
@@ -38,8 +48,8 @@ IGNORE = "ignore"
 #: so a reconnect with a new client id (served by another worker) is not refused for the
 #: whole TTL, while a revoked session that keeps publishing cannot flood the database.
 DENIED_STATE_RECHECK = 0.25
-#: The longest client id we remember (`Device.mqtt_client_id`).
-MAX_CLIENT_ID = 256
+#: The longest client id we remember (`DeviceSession.client_id`).
+MAX_CLIENT_ID = CLIENT_ID_MAX
 
 
 @dataclass(frozen=True)
@@ -107,23 +117,22 @@ def authenticate(username: object, password: object, clientid: object) -> Decisi
     if refusal is not None:
         return _login_denied(username, refusal, uuid, key)
 
-    if device.client_id != clientid:
-        try:
-            recorded = record_client_id(uuid, clientid, device.token_version)
-        except DatabaseUnavailable as exc:
-            log.error("login denied for %s: database unavailable (%s)", username, exc)
-            return Decision(DENY, "database unavailable")
-        if not recorded:
-            # Revoked (here or on another instance) since we read it: writing the client id
-            # back would revive the session that the revocation has just cleared.
-            return _login_denied(username, devices.REVOKED, uuid, key)
-        device = replace(device, client_id=clientid)
+    try:
+        remembered = remember_session(device, clientid)
+    except DatabaseUnavailable as exc:
+        log.error("login denied for %s: database unavailable (%s)", username, exc)
+        return Decision(DENY, "database unavailable")
+    if remembered is None:
+        # Revoked (here or on another instance) since we read it: remembering the session
+        # would let it use topics the revocation has just taken away.
+        return _login_denied(username, devices.REVOKED, uuid, key)
+    device = remembered
     hooks.devices.put(uuid, device, device.loaded_at + config["HOOK_CACHE_TTL"])
     return Decision(ALLOW, identity=device.identity(), expire_at=int(claims["exp"]))
 
 
 def is_storable_client_id(clientid: object) -> bool:
-    """A non-empty UTF-8 string that fits `Device.mqtt_client_id`."""
+    """A non-empty UTF-8 string that fits `DeviceSession.client_id`."""
     if not isinstance(clientid, str) or not clientid or len(clientid) > MAX_CLIENT_ID:
         return False
     try:
@@ -232,7 +241,8 @@ def session_refusal(device: DeviceState | None, clientid: object) -> str | None:
     refusal = devices.token_refusal(device)
     if refusal is not None:
         return refusal
-    # Revoke, release and unlink clear the client id: that is what cuts a live go-auth session.
-    if device.client_id is None or device.client_id != clientid:
-        return "not the authenticated session"
+    # Revoke, disable, release and unlink bump the version and forget the sessions: that
+    # is what cuts every live go-auth session of the device. Other sessions are untouched.
+    if not device.has_session(clientid):
+        return NOT_A_SESSION
     return None

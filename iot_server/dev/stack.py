@@ -3,15 +3,18 @@
 Three child processes: the API (`flask run`), the embedded amqtt broker wired to the API's
 go-auth hooks (`iot_server.dev.broker`) and the pinger (`iot_server.pinger`). The database
 (`DATABASE_URL`, else the SQLite file of the instance folder) is migrated first; secrets come
-from the environment, and any that is unset is generated and printed. Each child runs in its
-own process group, so Ctrl-C reaches only this supervisor, which stops the three in order
-and leaves nothing behind.
+from the environment, and any that is unset is generated and printed. The banner ends with
+commands to paste into another shell (tests/dev/test_devstack.py runs them verbatim); with a
+wildcard `--host` devices are told this machine's LAN address. Each child runs in its own
+process group, so Ctrl-C reaches only this supervisor, which stops the three in order and
+leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
 import secrets
 import shlex
@@ -27,9 +30,9 @@ from pathlib import Path
 import click
 
 from ..config import LOOPBACK_NETWORKS, REQUIRED_SECRETS, DevelopmentConfig, database_url
+from ..database import MIGRATIONS
 
 ROOT = Path(__file__).resolve().parents[2]
-MIGRATIONS = ROOT / "migrations"
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 STOP_TIMEOUT = 10.0
 START_TIMEOUT = 30.0
@@ -65,6 +68,38 @@ def local_address(host: str) -> str:
     return "127.0.0.1" if host in WILDCARD_HOSTS else host
 
 
+RFC1918 = [ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
+#: Interfaces of containers and VMs on this machine: a board on the LAN cannot reach them.
+VIRTUAL_INTERFACES = ("docker", "br-", "veth", "virbr", "vmnet", "vboxnet", "cni", "flannel")
+
+
+def lan_address(adapters=None) -> str | None:
+    """This machine's address on its local network, for devices on Wi-Fi: a private IPv4
+    address (RFC 1918 first) of a physical interface first, then any non-loopback IPv4."""
+    import ifaddr
+
+    candidates = []
+    for adapter in ifaddr.get_adapters() if adapters is None else adapters:
+        virtual = adapter.name.startswith(VIRTUAL_INTERFACES)
+        for ip in adapter.ips:
+            if not ip.is_IPv4:
+                continue
+            address = ipaddress.IPv4Address(ip.ip)
+            if address.is_loopback or address.is_link_local or address.is_unspecified:
+                continue
+            rfc1918 = any(address in network for network in RFC1918)
+            candidates.append(((virtual, not rfc1918, not address.is_private), str(address)))
+    return min(candidates)[1] if candidates else None
+
+
+def device_address(host: str) -> str:
+    """The address devices are given for servers bound to `host`: with a wildcard host,
+    the machine's LAN address (else loopback, which a board cannot use)."""
+    if host in WILDCARD_HOSTS:
+        return lan_address() or "127.0.0.1"
+    return host
+
+
 def stack_environment(
     host: str, port: int, mqtt_port: int, environ: Mapping[str, str]
 ) -> tuple[dict[str, str], dict[str, str]]:
@@ -74,17 +109,17 @@ def stack_environment(
     for name in REQUIRED_SECRETS:
         if not env.get(name):
             generated[name] = env[name] = secrets.token_urlsafe(32)
-    broker = f"{local_address(host)}:{mqtt_port}"
     env.update(
         IOT_ENV="development",
-        MQTT_BROKER_URL=f"mqtt://{broker}",
+        MQTT_BROKER_URL=f"mqtt://{local_address(host)}:{mqtt_port}",
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
         PYTHONUNBUFFERED="1",
     )
     if not env.get("MQTT_HOST"):
-        env["MQTT_HOST"] = broker
+        env["MQTT_HOST"] = f"{device_address(host)}:{mqtt_port}"
+    # The embedded broker calls the hooks from loopback without a header (amqtt cannot
+    # send one): trust loopback unless the developer chose otherwise.
     if not env.get("HOOK_TRUSTED_NETWORKS"):
-        # The embedded amqtt broker calls the hooks from loopback and cannot send the secret.
         env["HOOK_TRUSTED_NETWORKS"] = LOOPBACK_NETWORKS
     # amqtt has no shared subscriptions: `$share/…` would be a literal topic there.
     env.pop("MQTT_SHARED_GROUP", None)
@@ -104,7 +139,10 @@ def migrate(url: str | None) -> str:
     url = app.config["SQLALCHEMY_DATABASE_URI"]
     with app.app_context():
         try:
-            upgrade(directory=str(MIGRATIONS))
+            # quiet: the banner says "(migrated)"; no line per migration before it.
+            upgrade(directory=str(MIGRATIONS), x_arg=["quiet=1"])
+        except click.ClickException as exc:  # migrations/env.py's one line, naming the fix
+            raise StackError(exc.message) from None
         except Exception as exc:
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             raise StackError(f"cannot migrate the database: {reason}") from None
@@ -195,17 +233,26 @@ def signal_group(process: subprocess.Popen, signum: int) -> None:
         os.killpg(process.pid, signum)
 
 
+#: The line after which the banner's commands start, and the one that ends them.
+TRY_IT = "Try it: paste these lines into another shell in this folder, in order."
+CTRL_C = "Ctrl-C stops everything."
+TOKEN_OF_ANSWER = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"t\"])'"
+
+
 def banner(
     host: str, port: int, mqtt_port: int, env: Mapping[str, str], generated: Mapping[str, str],
     database: str,
 ) -> list[str]:  # fmt: skip
-    """What the developer needs: addresses, generated secrets, how to register a device."""
+    """What the developer needs: addresses, the settings of a board on the LAN, and
+    commands that register a device and ping it, to paste as printed (no terminal needed)."""
     from sqlalchemy.engine import make_url
 
-    address = local_address(host)
+    q = shlex.quote
+    address = device_address(host)
     api = f"http://{address}:{port}"
     device = str(uuidlib.uuid4())
-    master_secret = env["DEVICE_MASTER_SECRET_KEY"]
+    owner = f"owner-{device[:8]}"
+    password = secrets.token_urlsafe(12)
     lines = [
         "iot_server development stack",
         f"  database  {make_url(database).render_as_string(hide_password=True)} (migrated)",
@@ -216,20 +263,40 @@ def banner(
         f"  pinger    connects as {env.get('MQTT_SERVICE_USERNAME') or 'iot-server'}",
     ]
     if generated:
-        lines.append("Generated secrets (export them to keep them across restarts):")
-        lines += [f"  {name}={value}" for name, value in generated.items()]
+        lines += [
+            f"Generated secrets (new at every start): {', '.join(generated)}.",
+            "  To keep them, run the export lines below before starting flask dev.",
+        ]
+    if address.startswith("127.") or address == "::1":
+        lines.append(
+            f"A board on Wi-Fi cannot reach {address} (its own address): start with"
+            " --host 0.0.0.0 to get its settings."
+        )
+    else:
+        lines += [
+            "A board on this network (arduino/SMServer/README.md) takes:",
+            f'  config.serverUrl = "{api}";',
+            f'  config.uuid = "{device}";',
+            f'  config.registrationSecret = "{env["DEVICE_MASTER_SECRET_KEY"]}";',
+        ]
+    lines.append(TRY_IT)
+    # The same database and secrets as the stack, whatever the other shell has.
+    lines += [f"  export {name}={q(env[name])}" for name in ("DATABASE_URL", *REQUIRED_SECRETS)]
     lines += [
-        "Register a device: an owner claims it, then the device asks for its token:",
-        "  flask --app wsgi users create alice",
-        f"  flask --app wsgi devices claim {device} --owner alice",
-        f"  curl -H {shlex.quote('Authorization: Bearer ' + master_secret)}"
-        f" {shlex.quote(f'{api}/auth/devices/request?uuid={device}')}",
-        'Then ping as the device (TOKEN = the curl answer\'s "t"):',
-        f'  mosquitto_sub -h {address} -p {mqtt_port} -u device_{device} -P "$TOKEN"'
-        f" -t device/{device}/ping -v &",
-        f'  mosquitto_pub -h {address} -p {mqtt_port} -u device_{device} -P "$TOKEN"'
-        f' -t device/{device}/ping -m \'{{"c":"PING"}}\'',
-        "Ctrl-C stops everything.",
+        f"  export API={q(api)} MQTT_PORT={mqtt_port} DEVICE={device}",
+        f"  printf '%s\\n' {q(password)} | flask --app wsgi users create {owner} --password-stdin",
+        f'  flask --app wsgi devices claim "$DEVICE" --owner {owner}',
+        '  DEVICE_TOKEN=$(curl -s "$API/auth/devices/request?uuid=$DEVICE"'
+        f' -H "Authorization: Bearer $DEVICE_MASTER_SECRET_KEY" | {TOKEN_OF_ANSWER})',
+        f'  mosquitto_sub -h {address} -p "$MQTT_PORT" -u "device_$DEVICE" -P "$DEVICE_TOKEN"'
+        ' -i "$DEVICE-sub" -t "device/$DEVICE/ping" -C 2 -W 20 -v &',
+        "  sleep 1",
+        f'  mosquitto_pub -h {address} -p "$MQTT_PORT" -u "device_$DEVICE" -P "$DEVICE_TOKEN"'
+        ' -i "$DEVICE-pub" -t "device/$DEVICE/ping" -m \'{"c":"PING"}\'',
+        "  wait",
+        f'  # device/{device}/ping {{"c":"PING"}} then device/{device}/ping'
+        ' {"c":"PONG","src":"server"}',
+        CTRL_C,
     ]
     return lines
 

@@ -163,6 +163,27 @@ def test_docs_page_lists_every_operation_offline(client):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
 
 
+def test_docs_page_renders_markdown_and_schemas_as_tables(client):
+    """Descriptions' Markdown is HTML (no literal backticks), and schemas are tables of
+    fields whose nested objects expand, not raw JSON."""
+    page = client.get("/docs").get_data(as_text=True)
+    text = re.sub(r"<[^>]+>", "", page)
+    assert "`" not in text
+    assert "with a result code <code>c</code>" in page
+    assert '"type":' not in page and "&#34;type&#34;" not in page
+    # The device list: a field table, `devices` an array of Device, expandable to its fields.
+    listing = page[page.index('id="listDevices"') :]
+    listing = listing[: listing.index("</section>")]
+    assert "<summary>DeviceList</summary><table>" in listing
+    assert '<code>devices</code> <span class="req">required</span>' in listing
+    assert "<code>array of Device</code>" in listing
+    assert "<details><summary>Device</summary><table>" in listing
+    assert "<code>last_seen_at</code>" in listing
+    # Constraints in words; control characters of a pattern escaped, not raw.
+    assert "12–256 characters" in page
+    assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", page)
+
+
 # ---------------------------------------------------------------- the code answers as documented
 
 

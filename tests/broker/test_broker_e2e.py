@@ -114,7 +114,7 @@ def test_device_connects_publishes_and_receives(devices, clients):
     assert not device.subscribe(f"device/{agent}/ping").is_failure
     device.publish(f"device/{agent}/ping", {"c": "PING"})
     device.expect(f"device/{agent}/ping", {"c": "PING"})
-    assert devices.get(agent).mqtt_client_id == device.client_id
+    assert devices.sessions(agent) == {device.client_id: 1}
 
 
 def test_wrong_token_refused_at_connect(devices, clients):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import MQTT_SECRET, new_uuid
@@ -18,7 +19,7 @@ from iot_server.broker import decisions as broker_auth
 from iot_server.broker.caches import DenialLog, TtlCache
 from iot_server.broker.decisions import ALLOW, DENY, IGNORE
 from iot_server.extensions import db
-from iot_server.models import AGENT, MASTER, Device, Owner
+from iot_server.models import AGENT, MASTER, SESSIONS_PER_DEVICE, Device, Owner
 
 PING = (policy.PUBLISH,)
 SUB = (policy.SUBSCRIBE,)
@@ -176,18 +177,105 @@ def test_device_login(ctx, devices):
     assert isinstance(decision.expire_at, int)
 
 
-def test_login_records_the_client_id_only_when_it_changes(ctx, devices):
-    """The first login writes the client id; the same again writes nothing."""
+def writes(statements: list[str]) -> list[str]:
+    """The statements that change something (INSERT, UPDATE, DELETE)."""
+    verbs = ("INSERT", "UPDATE", "DELETE")
+    return [s for s in statements if s.lstrip().upper().startswith(verbs)]
+
+
+def test_login_remembers_the_session_and_a_known_one_writes_nothing(ctx, devices):
+    """The first login writes its client id; the same again is one SELECT and no write."""
     agent = devices.agent(devices.master())
     token = devices.token(agent)
     assert broker_auth.authenticate(username(agent), token, "esp-a").allowed
-    assert devices.get(agent).mqtt_client_id == "esp-a"
+    assert devices.sessions(agent) == {"esp-a": 1}
     with count_queries() as statements:
         assert broker_auth.authenticate(username(agent), token, "esp-a").allowed
     assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
-    assert not [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
-    assert broker_auth.authenticate(username(agent), token, "esp-b").allowed
-    assert devices.get(agent).mqtt_client_id == "esp-b"
+    assert writes(statements) == []
+
+
+def test_a_second_session_does_not_cut_the_first(ctx, devices, clock):
+    """Two client ids of one device: both remembered, both use the device's topics."""
+    agent = devices.agent(devices.master())
+    token = devices.token(agent)
+    topic = f"device/{agent}/ping"
+    assert broker_auth.authenticate(username(agent), token, "firmware").allowed
+    assert broker_auth.authenticate(username(agent), token, "debugger").allowed
+    assert devices.sessions(agent) == {"firmware": 1, "debugger": 1}
+    clock.advance(ctx.config["HOOK_CACHE_TTL"] + 0.1)  # from the database, not the cache
+    for clientid in ("firmware", "debugger"):
+        assert broker_auth.authorize(username(agent), clientid, PING, topic).allowed
+    assert broker_auth.authorize(username(agent), "stranger", PING, topic).result == DENY
+
+
+def test_a_17th_client_id_evicts_the_least_recently_authenticated(ctx, devices, clock):
+    """At most SESSIONS_PER_DEVICE are remembered; the oldest goes, the others stay."""
+    agent = devices.agent(devices.master())
+    token = devices.token(agent)
+    topic = f"device/{agent}/ping"
+    names = [f"c{n:02}" for n in range(SESSIONS_PER_DEVICE + 1)]
+    for name in names:
+        assert broker_auth.authenticate(username(agent), token, name).allowed
+    remembered = devices.sessions(agent)
+    assert sorted(remembered) == names[1:]
+    clock.advance(ctx.config["HOOK_CACHE_TTL"] + 0.1)
+    assert broker_auth.authorize(username(agent), "c00", PING, topic).result == DENY
+    assert broker_auth.authorize(username(agent), "c01", PING, topic).allowed
+    assert broker_auth.authorize(username(agent), names[-1], PING, topic).allowed
+
+
+def test_a_reconnecting_session_is_refreshed_and_not_evicted(ctx, devices):
+    """A remembered session older than SESSION_REFRESH is rewritten at its next login, so
+    a device that keeps reconnecting outlives 16 newer debugging sessions."""
+    agent = devices.agent(devices.master())
+    token = devices.token(agent)
+    old = datetime.now(UTC) - device_state.SESSION_REFRESH - timedelta(seconds=1)
+    devices.remember_session(agent, "firmware", authenticated_at=old)
+    for n in range(SESSIONS_PER_DEVICE - 1):
+        devices.remember_session(agent, f"debug-{n}", authenticated_at=old + timedelta(0, n))
+    with count_queries() as statements:
+        assert broker_auth.authenticate(username(agent), token, "firmware").allowed
+    assert writes(statements), "a stale entry is refreshed"
+    assert broker_auth.authenticate(username(agent), token, "one-more").allowed
+    remembered = devices.sessions(agent)
+    assert "firmware" in remembered and "debug-0" not in remembered
+    assert len(remembered) == SESSIONS_PER_DEVICE
+
+
+def test_revoke_cuts_every_session(ctx, devices, clock):
+    """Every remembered session is forgotten, and each one's topic checks fail."""
+    agent = devices.agent(devices.master())
+    token = devices.token(agent)
+    topic = f"device/{agent}/ping"
+    for clientid in ("firmware", "debugger"):
+        assert broker_auth.authenticate(username(agent), token, clientid).allowed
+    revoke(agent)
+    assert devices.sessions(agent) == {}
+    clock.advance(ctx.config["HOOK_CACHE_TTL"] + 0.1)
+    for clientid in ("firmware", "debugger"):
+        assert broker_auth.authorize(username(agent), clientid, PING, topic).result == DENY
+
+
+def test_a_session_of_an_older_token_version_is_refused(ctx, devices):
+    """A row that outlived a revocation (a login racing it) uses no topic."""
+    agent = devices.agent(devices.master())
+    with db.session.begin():
+        db.session.get(Device, agent).token_version = 2
+    devices.remember_session(agent, "stale", token_version=1)
+    topic = f"device/{agent}/ping"
+    assert broker_auth.authorize(username(agent), "stale", PING, topic).result == DENY
+    assert broker_auth.authenticate(username(agent), devices.token(agent), "stale").allowed
+    assert devices.sessions(agent) == {"stale": 2}
+    assert broker_auth.authorize(username(agent), "stale", PING, topic).allowed
+
+
+def test_a_session_is_not_recorded_past_a_revocation(ctx, devices):
+    """Recording at a version the device has left writes nothing."""
+    agent = devices.agent(devices.master())
+    revoke(agent)
+    assert device_state.record_session(agent, "late", token_version=1) is None
+    assert devices.sessions(agent) == {}
 
 
 def test_username_case_is_normalised(ctx, devices):
@@ -460,12 +548,12 @@ def test_cached_topic_checks_skip_the_database(ctx, devices, clock):
 
 
 def test_a_reconnect_seen_by_another_worker_is_picked_up(ctx, devices, clock):
-    """A stale cached client id (another process recorded the new one) is re-read
+    """A cached state without a new session (another process recorded it) is re-read
     rather than refusing the new session for the whole TTL."""
     agent = devices.agent(devices.master())
     broker_auth.authenticate(username(agent), devices.token(agent), "old")
     assert broker_auth.authorize(username(agent), "old", PING, f"device/{agent}/ping").allowed
-    device_state.record_client_id(agent, "new")  # as another worker's login would
+    device_state.record_session(agent, "new", 1)  # as another worker's login would
     clock.advance(broker_auth.DENIED_STATE_RECHECK + 0.01)
     assert broker_auth.authorize(username(agent), "new", PING, f"device/{agent}/ping").allowed
 

@@ -17,8 +17,6 @@ import pytest
 from conftest import free_port
 
 from iot_server.broker import emqx_api
-from iot_server.extensions import db
-from iot_server.models import Device
 
 KEY, SECRET = "api-key", "api-secret"
 
@@ -166,13 +164,6 @@ def test_unconfigured_api_is_not_called(app, emqx, missing):
 # ---------------------------------------------------------------- through the owner API
 
 
-def remember_session(app, uuid, client_id):
-    """Record a client id as the broker hooks do when they authenticate a device."""
-    with app.app_context():
-        db.session.get(Device, uuid).mqtt_client_id = client_id
-        db.session.commit()
-
-
 def kicked(emqx) -> list[str]:
     """The client ids EMQX was asked to disconnect."""
     return [call["path"].rsplit("/", 1)[1] for call in emqx.calls]
@@ -180,14 +171,14 @@ def kicked(emqx) -> list[str]:
 
 def test_revoke_kicks_the_remembered_session(app, client, devices, emqx):
     master = devices.master()
-    remember_session(app, master, "esp-master")
+    devices.remember_session(master, "esp-master")
     emqx.connected.add("esp-master")
     assert (
         client.post(f"/devices/{master}/revoke", headers=devices.owner_headers()).status_code == 200
     )
     assert kicked(emqx) == ["esp-master"]
     assert "esp-master" not in emqx.connected
-    assert devices.get(master).mqtt_client_id is None
+    assert devices.sessions(master) == {}
     # Nothing remembered any more: a second revoke calls nobody.
     assert (
         client.post(f"/devices/{master}/revoke", headers=devices.owner_headers()).status_code == 200
@@ -195,11 +186,66 @@ def test_revoke_kicks_the_remembered_session(app, client, devices, emqx):
     assert kicked(emqx) == ["esp-master"]
 
 
+def test_revoke_kicks_every_session_of_the_device(app, client, devices, emqx):
+    """Several sessions of one device (firmware, a second connection, a debugger): each
+    client id is kicked; a row left at an older token version is forgotten too."""
+    master = devices.master()
+    for client_id in ("esp-master", "esp-master-2", "mosquitto-sub"):
+        devices.remember_session(master, client_id)
+        emqx.connected.add(client_id)
+    response = client.post(f"/devices/{master}/revoke", headers=devices.owner_headers())
+    assert response.status_code == 200
+    assert sorted(kicked(emqx)) == ["esp-master", "esp-master-2", "mosquitto-sub"]
+    assert emqx.connected == set()
+    assert devices.sessions(master) == {}
+
+
+@pytest.mark.parametrize("cut", ["disable", "release", "unlink"])
+def test_every_cut_kicks_every_session(app, client, runner, devices, emqx, cut):
+    """Disable, release and unlink end every session of the devices they revoke."""
+    master = devices.master()
+    agent = devices.agent(master=master)
+    target = master if cut in ("disable", "release") else agent
+    for client_id in ("one", "two"):
+        devices.remember_session(target, f"{client_id}-{target[:8]}")
+    headers = devices.owner_headers()
+    if cut == "disable":
+        assert runner.invoke(args=["devices", "disable", target]).exit_code == 0
+    elif cut == "release":
+        assert client.delete(f"/devices/{master}/claim", headers=headers).status_code == 200
+    else:
+        url = f"/devices/{master}/agents/{agent}"
+        assert client.delete(url, headers=headers).status_code == 200
+    assert {f"one-{target[:8]}", f"two-{target[:8]}"} <= set(kicked(emqx))
+    assert devices.sessions(target) == {}
+
+
+def test_emqx_down_costs_one_timeout_not_one_per_session(app, client, devices, monkeypatch, caplog):
+    """An unreachable API is tried once per cut, not once per remembered session."""
+    app.config["EMQX_API_URL"] = f"http://127.0.0.1:{free_port()}"
+    master = devices.master()
+    for n in range(5):
+        devices.remember_session(master, f"esp-{n}")
+    attempts = []
+    real = emqx_api.urllib.request.urlopen
+
+    def counting(*args, **kwargs):
+        attempts.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(emqx_api.urllib.request, "urlopen", counting)
+    with caplog.at_level(logging.WARNING, logger="iot_server.emqx_api"):
+        response = client.post(f"/devices/{master}/revoke", headers=devices.owner_headers())
+    assert response.status_code == 200
+    assert len(attempts) == 1
+    assert "5 sessions" in caplog.text
+
+
 def test_release_kicks_master_and_agents(app, client, devices, emqx):
     master = devices.master()
     agent = devices.agent(master=master)
-    remember_session(app, master, "esp-master")
-    remember_session(app, agent, "esp-agent")
+    devices.remember_session(master, "esp-master")
+    devices.remember_session(agent, "esp-agent")
     assert (
         client.delete(f"/devices/{master}/claim", headers=devices.owner_headers()).status_code
         == 200
@@ -210,18 +256,18 @@ def test_release_kicks_master_and_agents(app, client, devices, emqx):
 def test_unlink_kicks_the_agent_and_refreshes_the_master(app, client, devices, emqx):
     master = devices.master()
     agent = devices.agent(master=master)
-    remember_session(app, master, "esp-master")
-    remember_session(app, agent, "esp-agent")
+    devices.remember_session(master, "esp-master")
+    devices.remember_session(agent, "esp-agent")
     url = f"/devices/{master}/agents/{agent}"
     assert client.delete(url, headers=devices.owner_headers()).status_code == 200
     # The master reconnects so EMQX takes a new ACL snapshot without the agent's topic.
     assert sorted(kicked(emqx)) == ["esp-agent", "esp-master"]
-    assert devices.get(master).mqtt_client_id == "esp-master"
+    assert devices.sessions(master) == {"esp-master": 1}
 
 
 def test_link_refreshes_the_master_session(app, client, devices, emqx):
     master = devices.master()
-    remember_session(app, master, "esp-master")
+    devices.remember_session(master, "esp-master")
     url = f"/devices/{master}/agents/{devices.agent()}"
     assert client.put(url, headers=devices.owner_headers()).status_code == 200
     assert kicked(emqx) == ["esp-master"]
@@ -230,7 +276,7 @@ def test_link_refreshes_the_master_session(app, client, devices, emqx):
 def test_emqx_down_does_not_fail_the_revoke(app, client, devices):
     app.config["EMQX_API_URL"] = f"http://127.0.0.1:{free_port()}"
     master = devices.master()
-    remember_session(app, master, "esp-master")
+    devices.remember_session(master, "esp-master")
     response = client.post(f"/devices/{master}/revoke", headers=devices.owner_headers())
     assert response.status_code == 200
     assert devices.get(master).token_version == 2

@@ -117,7 +117,7 @@ def test_device_allowed_with_attrs_expiry_and_acl(client, devices):
         DENY_ALL,
     ]
     assert decision(before, "emqx_authn", "allow") == 1
-    assert devices.get(master).mqtt_client_id == "esp-m"
+    assert devices.sessions(master) == {"esp-m": 1}
 
 
 def test_agent_allowed(client, devices):

@@ -54,7 +54,7 @@ def test_device_login(client, devices, style):
     """A registered device with its current token: 200 ok; the client id is remembered."""
     agent = devices.agent(devices.master())
     assert granted(login(client, f"device_{agent}", devices.token(agent), "esp-a", style))
-    assert devices.get(agent).mqtt_client_id == "esp-a"
+    assert devices.sessions(agent) == {"esp-a": 1}
 
 
 @pytest.mark.parametrize("style", STYLES)

@@ -135,6 +135,22 @@ def test_revoke_stops_a_connected_device(app, devices, amqtt_broker, clients):
     assert_cut_off(service, device, master, token, amqtt_broker, clients)
 
 
+def test_revoke_stops_every_session_of_a_device(app, devices, amqtt_broker, clients):
+    """Two sessions of one device (different client ids): both deliver, and one revoke
+    cuts both."""
+    master = devices.master()
+    service, first, token = connected_pair(amqtt_broker, clients, devices, master)
+    second = Mqtt(amqtt_broker.port, f"device_{master}", token)
+    clients.append(second)
+    assert not second.connect().is_failure
+    assert_delivered(service, first, master)
+    assert_delivered(service, second, master)
+    response = app.test_client().post(f"/devices/{master}/revoke", headers=devices.owner_headers())
+    assert response.status_code == 200
+    assert_cut_off(service, first, master, token, amqtt_broker, clients)
+    assert_cut_off(service, second, master, token, amqtt_broker, clients)
+
+
 def test_release_stops_a_connected_master(app, devices, amqtt_broker, clients):
     master = devices.master()
     service, device, token = connected_pair(amqtt_broker, clients, devices, master)

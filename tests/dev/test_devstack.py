@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +19,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, FakeDevice, free_port
+from conftest import ROOT, FakeDevice, free_port, service_unavailable
+
+from iot_server.dev.stack import CTRL_C, TRY_IT
 
 pytestmark = pytest.mark.slow
 
@@ -113,16 +116,18 @@ def test_dev_stack_end_to_end(tmp_path):
     )  # fmt: skip
     device = None
     try:
-        banner = "\n".join(LineReader(stack.stdout).until("Ctrl-C stops everything", 60))
-        generated = dict(re.findall(r"^\s+([A-Z_]+)=(\S+)$", banner, re.MULTILINE))
-        # Ours is used, the three unset ones are generated and printed.
-        assert set(generated) == set(SECRETS) - {"DEVICE_MASTER_SECRET_KEY"}
-        assert OUR_MASTER_SECRET in banner
-        uuid = re.search(r"devices claim (\S+) --owner alice", banner).group(1)
-        url = re.search(r"curl .* '(http://\S+)'", banner).group(1)
-        assert url == f"http://127.0.0.1:{api_port}/auth/devices/request?uuid={uuid}"
+        banner = "\n".join(LineReader(stack.stdout).until(CTRL_C, 60))
+        exported = dict(re.findall(r"^  export ([A-Z_]+)=(\S+)$", banner, re.MULTILINE))
+        generated = re.search(r"^Generated secrets \(.*\): (.*)\.$", banner, re.MULTILINE)
+        # Ours is used, the three unset ones are generated; all four are exported.
+        assert set(generated.group(1).split(", ")) == set(SECRETS) - {"DEVICE_MASTER_SECRET_KEY"}
+        assert set(exported) == {"DATABASE_URL", *SECRETS}
+        assert exported["DEVICE_MASTER_SECRET_KEY"] == OUR_MASTER_SECRET
+        assert exported["DATABASE_URL"] == database
+        uuid = re.search(r"^  export API=\S+ MQTT_PORT=\d+ DEVICE=(\S+)$", banner, re.M).group(1)
+        url = f"http://127.0.0.1:{api_port}/auth/devices/request?uuid={uuid}"
 
-        admin_env = {**env, **generated, "IOT_ENV": "development"}
+        admin_env = {**env, **exported, "IOT_ENV": "development"}
         created = flask("users", "create", "alice", "--password-stdin", env=admin_env,
                         input="a long enough password\n")  # fmt: skip
         assert created.returncode == 0, created.stderr
@@ -160,7 +165,10 @@ def test_dev_stack_end_to_end(tmp_path):
             stack.kill()
             stack.wait()
         log.close()
-    assert "Traceback" not in (tmp_path / "stack.log").read_text()
+    logged = (tmp_path / "stack.log").read_text()
+    assert "Traceback" not in logged
+    # No alembic chatter at start ("setup plugin …", "Context impl …", "Running upgrade …").
+    assert "alembic" not in logged and "setup plugin" not in logged, logged
 
 
 @pytest.mark.parametrize("taken", ["--port", "--mqtt-port"])
@@ -189,3 +197,129 @@ def test_dev_stack_trusts_loopback_hook_callers_only_when_unset():
     assert env["HOOK_TRUSTED_NETWORKS"] == LOOPBACK_NETWORKS
     env, _ = stack_environment("127.0.0.1", 5000, 1883, clean_env(HOOK_TRUSTED_NETWORKS="::1"))
     assert env["HOOK_TRUSTED_NETWORKS"] == "::1"
+
+
+# ---------------------------------------------------------------- walkthroughs, verbatim
+
+README = ROOT / "README.md"
+DEVICE_WALKTHROUGH = "## A device, end to end"
+OWNER_WALKTHROUGH = "## An owner, end to end"
+#: /auth/* allows 5 calls in 5 s per address (RATELIMIT_AUTH): each walkthrough stays under
+#: it, as a person pasting one does, and the next starts once the window has passed.
+AUTH_WINDOW = 5.5
+
+
+def readme_shell_block(heading: str) -> str:
+    """The exact text of the first ```sh block under `heading` in README.md."""
+    text = README.read_text()
+    section = text[text.index(heading + "\n") :]
+    start = section.index("```sh\n") + len("```sh\n")
+    return section[start : section.index("\n```", start) + 1]
+
+
+def banner_commands(banner: list[str]) -> list[str]:
+    """The banner's lines to paste, exactly as printed (indent included)."""
+    return banner[banner.index(TRY_IT) + 1 : banner.index(CTRL_C)]
+
+
+class WalkthroughStack:
+    """`flask --app wsgi dev` on free ports with a fresh database and no secret set, and a
+    bash that runs pasted text in a fresh shell of this folder."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.api_port, self.mqtt_port = free_port(), free_port()
+        self.log = (tmp_path / "stack.log").open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "dev",
+             "--port", str(self.api_port), "--mqtt-port", str(self.mqtt_port)],
+            cwd=ROOT, env=clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite'}"),
+            stdout=subprocess.PIPE, stderr=self.log, text=True,
+        )  # fmt: skip
+        self.banner = LineReader(self.process.stdout).until(CTRL_C, 60)
+        self.commands = banner_commands(self.banner)
+        self.exports = [line for line in self.commands if line.lstrip().startswith("export ")]
+        self.last_run = 0.0
+
+    def bash(self, script: str) -> subprocess.CompletedProcess:
+        """Run `script` with bash in a fresh environment (none of our variables)."""
+        time.sleep(max(0.0, self.last_run + AUTH_WINDOW - time.monotonic()))
+        try:
+            return subprocess.run(
+                ["bash", "-c", script], cwd=ROOT, env=clean_env(), capture_output=True,
+                text=True, timeout=120,
+            )  # fmt: skip
+        finally:
+            self.last_run = time.monotonic()
+
+    def stop(self) -> str:
+        """SIGTERM, wait; the stack's stderr."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        return Path(self.log.name).read_text()
+
+
+@pytest.fixture(scope="module")
+def walkthrough_stack(tmp_path_factory):
+    """One development stack for the walkthroughs of this module."""
+    for tool in ("bash", "curl", "mosquitto_sub", "mosquitto_pub"):
+        if shutil.which(tool) is None:
+            service_unavailable(f"the {tool} command")
+    stack = WalkthroughStack(tmp_path_factory.mktemp("walkthrough"))
+    yield stack
+    assert "Traceback" not in stack.stop()
+
+
+def pong_lines(output: str, uuid: str) -> list[str]:
+    """What mosquitto_sub -v printed for the device's ping topic."""
+    return [line for line in output.splitlines() if line.startswith(f"device/{uuid}/ping ")]
+
+
+def test_banner_commands_run_verbatim_and_the_subscriber_hears_the_pong(walkthrough_stack):
+    """Every line after "Try it", pasted as printed into a shell with nothing set."""
+    stack = walkthrough_stack
+    assert [line for line in stack.commands if not line.startswith("  ")] == []
+    uuid = re.search(r"DEVICE=(\S+)", "\n".join(stack.exports)).group(1)
+    result = stack.bash("\n".join(stack.commands) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert pong_lines(result.stdout, uuid) == [
+        f'device/{uuid}/ping {{"c":"PING"}}',
+        f'device/{uuid}/ping {{"c":"PONG","src":"server"}}',
+    ]
+
+
+def test_readme_device_walkthrough_runs_verbatim(walkthrough_stack):
+    """The README's device block after the banner's export lines, as the README says."""
+    stack = walkthrough_stack
+    block = readme_shell_block(DEVICE_WALKTHROUGH)
+    result = stack.bash("\n".join(stack.exports) + "\n" + block)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    uuid = re.search(r"^DEVICE=(\S+)$", block, re.MULTILINE).group(1)
+    lines = result.stdout.splitlines()
+    assert lines[0] == '{"c":"NOT_REGISTERED","error":"device not yet claimed by an owner"}'
+    assert lines[1:3] == ["created owner carol", f"{uuid} claimed by carol"]
+    assert lines[3] == f'{{"c":"OK","ip":"127.0.0.1:{stack.mqtt_port}"}}'
+    assert pong_lines(result.stdout, uuid) == [
+        f'device/{uuid}/ping {{"c":"PING"}}',
+        f'device/{uuid}/ping {{"c":"PONG","src":"server"}}',
+    ]
+
+
+def test_readme_owner_walkthrough_runs_verbatim(walkthrough_stack):
+    """The README's owner block: every call answers OK, in order."""
+    stack = walkthrough_stack
+    result = stack.bash("\n".join(stack.exports) + "\n" + readme_shell_block(OWNER_WALKTHROUGH))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    # register, claim, link, two device tokens, the list, rename, revoke, unlink, release
+    assert [answer["c"] for answer in answers] == ["OK"] * 10, answers
+    listed = answers[5]["devices"]
+    assert [(d["kind"], d["agents"] != []) for d in listed] == [("master", True), ("agent", False)]

@@ -322,3 +322,20 @@ def test_registered_device_gets_pong_through_amqtt_and_the_hooks(
     assert body == {"c": "PONG", "src": "server"}
     assert message.topic == f"device/{uuid}/ping"
     assert pinger.stats["pings"] == 1
+
+
+def test_two_sessions_of_one_device_both_get_the_pong(
+    amqtt_broker, start_pinger, fake_devices, devices
+):
+    """A board's firmware and a second connection (or a mosquitto_sub) of the same device,
+    under different client ids: a new login cuts neither, and both hear every PONG."""
+    start_pinger(amqtt_broker.port, ping_interval=30)
+    uuid = devices.master()
+    token = devices.token(uuid)
+    firmware = fake_devices(amqtt_broker.port, uuid=uuid, password=token, client_id="firmware")
+    debugger = fake_devices(amqtt_broker.port, uuid=uuid, password=token, client_id="debugger")
+    for sender in (firmware, debugger):
+        sender.send(PING)
+        for session in (firmware, debugger):
+            assert session.from_server(timeout=10)[0] == {"c": "PONG", "src": "server"}
+    assert devices.sessions(uuid) == {"firmware": 1, "debugger": 1}
