@@ -254,8 +254,10 @@ def test_gunicorn_refuses_equal_registration_secrets(tmp_path):
 
 
 def problems_with(env, **overrides: str) -> list[str]:
-    """`Config().startup_problems()` with SECRETS and `overrides` in the environment."""
-    for name, value in {**SECRETS, **overrides}.items():
+    """`Config().startup_problems()` with a database, SECRETS and `overrides` in the
+    environment."""
+    database = {"DATABASE_URL": "postgresql://db.example/iot"}
+    for name, value in {**database, **SECRETS, **overrides}.items():
         env.setenv(name, value)
     return Config().startup_problems()
 
