@@ -13,8 +13,9 @@ from iot_server.logs import logging_config
 
 _config = Config()
 
-# Refuse to start without the database or the secrets: one line naming every problem and
-# how to make a secret, exit 1 (Config.startup_problems).
+# Refuse to start without the database, with missing, short or equal secrets, or with
+# IOT_ENV=testing: one line naming every problem and how to make a secret, exit 1
+# (Config.startup_problems()).
 _problems = _config.startup_problems()
 if _problems:
     sys.exit("iot_server: " + "; ".join(_problems))
@@ -50,3 +51,15 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def when_ready(server):
+    """Say it when the rate limits are counted per worker rather than for the server."""
+    count = server.cfg.workers  # this file's `workers`, or a `-w` given on the command line
+    if _config.RATELIMIT_STORAGE_URI.startswith("memory://") and count > 1:
+        server.log.warning(
+            "RATELIMIT_STORAGE_URI is memory:// with %d workers: every worker counts alone, "
+            "so each limit is %d times looser; use redis://",
+            count,
+            count,
+        )

@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/iot_bench"
 SECRETS = {
     "JWT_SECRET": "bench-jwt-secret-0123456789abcdef0123456789abcdef",
-    "DEVICE_MASTER_SECRET_KEY": "bench-master-secret",
-    "DEVICE_AGENT_SECRET_KEY": "bench-agent-secret",
-    "MQTT_SECRET_KEY": "bench-mqtt-secret",
+    "DEVICE_MASTER_SECRET_KEY": "bench-master-secret-0123456789abcdefghij",
+    "DEVICE_AGENT_SECRET_KEY": "bench-agent-secret-0123456789abcdefghij",
+    "MQTT_SECRET_KEY": "bench-mqtt-secret-0123456789abcdefghijkl",
 }
 ENDPOINTS = ("healthz", "emqx_authn", "emqx_authz", "mosquitto_acl")
 #: Ratio to /healthz each endpoint should reach (issue 17); a login spread over many devices
@@ -62,6 +62,8 @@ def bench_env(database_url: str, port: int, workers: int | None) -> dict[str, st
         "PORT": str(port),
         "IOT_ENV": "production",
         "LOG_FORMAT": "json",
+        # go-auth and amqtt call from loopback without the secret (production trusts none).
+        "HOOK_TRUSTED_NETWORKS": "127.0.0.0/8,::1",
     }
     if workers:
         env["WEB_CONCURRENCY"] = str(workers)
@@ -87,7 +89,9 @@ def reset_database(database_url: str, env: dict[str, str]) -> None:
     server.dispose()
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS devices, owners, alembic_version CASCADE"))
+        # Every table, whatever the migrations have added since.
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     subprocess.run(
         [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
@@ -295,21 +299,12 @@ def wait_ready(base: str, process: subprocess.Popen, timeout: float = 30) -> Non
 
 @contextlib.contextmanager
 def running_gunicorn(env: dict[str, str], cpus: str | None = None, app: str = "wsgi:app"):
-    """`gunicorn -c gunicorn.conf.py <app>` (pinned to `cpus` with taskset), ready on
-    `PORT`; yields its base URL and process, and stops its whole process group after."""
+    """`gunicorn -c gunicorn.conf.py wsgi:app` (pinned to `cpus` with taskset; another
+    `app` for a variant), ready on `PORT`; yields its base URL and process, and stops its
+    whole process group after."""
     pin = ["taskset", "-c", cpus] if cpus else []
     gunicorn = subprocess.Popen(
-        [
-            *pin,
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "gunicorn.conf.py",
-            "--pythonpath",
-            "bench",
-            app,
-        ],  # fmt: skip
+        [*pin, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -379,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     load_cores = parse_cpus(args.load_cpus)
     if not args.no_bare:
         with (
-            running_gunicorn(env, args.cpus, "bare_app:app") as (base, gunicorn),
+            running_gunicorn(env, args.cpus, "bench.bare_app:app") as (base, gunicorn),
             context.Pool(args.load_processes, pin_load_process, (load_cores,)) as pool,
         ):
             load = (pool, base, "healthz", devices, args.clients, args.load_processes)

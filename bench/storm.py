@@ -30,10 +30,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.hooks import bench_env, free_port, reset_database, running_gunicorn, seed  # noqa: E402
+from bench.hooks import (  # noqa: E402
+    SECRETS,
+    bench_env,
+    free_port,
+    reset_database,
+    running_gunicorn,
+    seed,
+)
 
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/iot_storm"
-HOOK_SECRET = "bench-mqtt-secret"  # bench.hooks.SECRETS["MQTT_SECRET_KEY"]
+HOOK_SECRET = SECRETS["MQTT_SECRET_KEY"]
 
 
 def login_calls(fleet: list[dict], fresh: bool) -> tuple[list[tuple], set[int]]:

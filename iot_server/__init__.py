@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Mapping
 
@@ -25,7 +27,7 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
         app.config.from_object(config)
     configure_derived(app)
 
-    from . import broker, cli, errors, extensions, logs, metrics
+    from . import broker, cli, console, errors, extensions, logs, metrics
 
     logs.init_app(app)
     extensions.db.init_app(app)
@@ -34,6 +36,7 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     extensions.limiter.init_app(app)
     metrics.init_app(app)
     broker.init_app(app)
+    console.init_app(app)
     errors.init_app(app)
     cli.init_app(app)
     register_blueprints(app)
@@ -60,11 +63,21 @@ def configure_derived(app: Flask) -> None:
     if master and master == agent:
         # The secret decides a device's kind: equal secrets would make that ambiguous.
         raise RuntimeError("DEVICE_MASTER_SECRET_KEY and DEVICE_AGENT_SECRET_KEY must differ")
+    if not app.config.get("SECRET_KEY") and app.config["JWT_SECRET"]:
+        # Flask signs the console's session cookie with SECRET_KEY. Derived from JWT_SECRET
+        # under a label of its own: no new secret to deploy, a key that signs no token, and
+        # rotating JWT_SECRET ends console sessions as it ends owner tokens.
+        app.config["SECRET_KEY"] = hmac.new(
+            app.config["JWT_SECRET"].encode(), b"iot_server console session cookie", hashlib.sha256
+        ).hexdigest()
     app.config.update(
         JWT_SECRET_KEY=app.config["JWT_SECRET"],
         JWT_ALGORITHM="HS256",
         JWT_DECODE_ALGORITHMS=["HS256"],
         JWT_TOKEN_LOCATION=["headers"],
+        # Clock skew between instances (and the machine that issued the token): an `iat`
+        # a few seconds ahead was refused.
+        JWT_DECODE_LEEWAY=app.config.get("JWT_DECODE_LEEWAY", 30),
     )
 
 
@@ -72,6 +85,7 @@ def register_blueprints(app: Flask) -> None:
     """The whole URL map in one place (each blueprint declares its own rate limit)."""
     from .api import auth, health, mqtt, openapi, owner_devices
     from .broker import emqx_hooks, mosquitto_hooks
+    from .console import pages
 
     app.register_blueprint(auth.bp, url_prefix="/auth")
     app.register_blueprint(mqtt.bp, url_prefix="/mqtt")
@@ -80,3 +94,5 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(emqx_hooks.bp)
     app.register_blueprint(mosquitto_hooks.bp, url_prefix="/mosquitto")
+    app.register_blueprint(pages.bp, url_prefix="/console")
+    app.add_url_rule("/", "front_page", pages.go_to_console)

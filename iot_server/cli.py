@@ -114,16 +114,65 @@ def stdin_is_terminal() -> bool:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def create_user(username: str, password_stdin: bool) -> None:
     """Create an owner account (the password is prompted for unless --password-stdin)."""
+    password = read_password(password_stdin)
+    owner = fail_on_api_error(lambda: owners.create(username, password))
+    click.echo(f"created owner {owner.username}")
+
+
+def existing_owner(username: str):
+    """The owner with this username, or a one-line error."""
+    owner = owners.by_username(owners.login_username(username) or "")
+    if owner is None:
+        raise click.ClickException(f"no such owner: {username}")
+    return owner
+
+
+def read_password(password_stdin: bool) -> str:
+    """A new password from standard input, or prompted for twice at a terminal."""
     if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    elif not stdin_is_terminal():
+        return sys.stdin.readline().rstrip("\r\n")
+    if not stdin_is_terminal():
         raise click.ClickException(
             "no terminal to ask for the password: pipe it in with --password-stdin"
         )
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    owner = fail_on_api_error(lambda: owners.create(username, password))
-    click.echo(f"created owner {owner.username}")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+@users_cli.command("set-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def set_user_password(username: str, password_stdin: bool) -> None:
+    """Set an owner's password; every token the owner holds ends."""
+    owner = existing_owner(username)
+    fail_on_api_error(lambda: owners.set_password(owner, read_password(password_stdin)))
+    click.echo(f"password of {owner.username} set; earlier tokens ended")
+
+
+@users_cli.command("disable")
+@click.argument("username")
+def disable_user(username: str) -> None:
+    """Refuse the owner's logins and end every token it holds, until enabled again."""
+    owner = existing_owner(username)
+    owners.set_enabled(owner, False)
+    click.echo(f"{owner.username} disabled")
+
+
+@users_cli.command("enable")
+@click.argument("username")
+def enable_user(username: str) -> None:
+    """Allow a disabled owner to log in again (earlier tokens stay ended)."""
+    owner = existing_owner(username)
+    owners.set_enabled(owner, True)
+    click.echo(f"{owner.username} enabled")
+
+
+@users_cli.command("revoke")
+@click.argument("username")
+def revoke_user(username: str) -> None:
+    """End every token the owner holds (log out everywhere)."""
+    owner = existing_owner(username)
+    owners.revoke_tokens(owner)
+    click.echo(f"{owner.username}: every token ended (token version {owner.token_version})")
 
 
 LIST_HEADER = ("UUID", "KIND", "STATE", "OWNER/MASTER", "LAST SEEN")
@@ -195,6 +244,22 @@ def enable_device(uuid: str) -> None:
     device = existing_device(uuid)
     devices.set_enabled(device, True)
     click.echo(f"{device.uuid} enabled")
+
+
+@devices_cli.command("delete")
+@click.argument("uuid")
+def delete_device(uuid: str) -> None:
+    """Forget a device (a master's agents are unlinked and revoked) and cut its sessions."""
+    device = existing_device(uuid)
+    devices.delete(device)
+    click.echo(f"{device.uuid} deleted")
+
+
+@devices_cli.command("prune")
+def prune_devices() -> None:
+    """Forget devices that called in more than 7 days ago and were never claimed or linked
+    (run it daily: docs/deployment.md)."""
+    click.echo(f"forgot {devices.prune_unregistered()} never-registered devices")
 
 
 @click.command("pinger")

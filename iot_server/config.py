@@ -15,8 +15,12 @@ REQUIRED_SECRETS = (
     "DEVICE_AGENT_SECRET_KEY",
     "MQTT_SECRET_KEY",
 )
-#: How to make a secret, as the startup refusal tells it.
-MAKE_A_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+#: The shortest secret production accepts (SPEC.md, "Configuration").
+SECRET_MIN_LENGTH = 32
+#: How to make one, quoted in the refusal.
+MAKE_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+#: Networks trusted to call the hooks without the secret in `flask dev` and the tests.
+LOOPBACK_NETWORKS = "127.0.0.0/8,::1"
 
 
 def env_str(name: str, default: str | None = None) -> str | None:
@@ -91,8 +95,12 @@ class Config:
         self.RATELIMIT_STORAGE_URI = env_str("RATELIMIT_STORAGE_URI", "memory://")
         self.RATELIMIT_AUTH = env_str("RATELIMIT_AUTH", "5 per 5 seconds")
         self.RATELIMIT_DEFAULT = env_str("RATELIMIT_DEFAULT", "200 per 30 seconds")
+        # Failed logins per username, from any address (one bucket per account).
+        self.RATELIMIT_LOGIN_FAILURES = env_str("RATELIMIT_LOGIN_FAILURES", "10 per 10 minutes")
         self.TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
-        self.HOOK_TRUSTED_NETWORKS = env_str("HOOK_TRUSTED_NETWORKS", "127.0.0.0/8,::1")
+        # Empty: behind a same-host proxy every caller would look like loopback. `flask dev`
+        # sets loopback for its embedded broker; go-auth deployments name their broker.
+        self.HOOK_TRUSTED_NETWORKS = env_str("HOOK_TRUSTED_NETWORKS", "")
 
         self.EMQX_API_URL = env_str("EMQX_API_URL")
         self.EMQX_API_KEY = env_str("EMQX_API_KEY")
@@ -121,19 +129,31 @@ class Config:
 
     def startup_problems(self) -> list[str]:
         """Why production (gunicorn.conf.py) must refuse to start with this configuration:
-        each a short clause, joined into one line by the caller; empty when it may start."""
+        each a short clause, joined into one line by the caller; empty when it may start.
+
+        A missing DATABASE_URL (production never falls back to a local SQLite file), missing,
+        short or equal secrets, and `IOT_ENV=testing` (the repository's public test secrets).
+        """
         problems = []
         missing = self.missing_secrets()
-        # Production never falls back to a local SQLite file (SPEC.md, "Configuration").
         required = (["DATABASE_URL"] if not self.SQLALCHEMY_DATABASE_URI else []) + missing
         if required:
             problems.append(f"missing required environment variables: {', '.join(required)}")
-        if self.DEVICE_MASTER_SECRET_KEY and (
-            self.DEVICE_MASTER_SECRET_KEY == self.DEVICE_AGENT_SECRET_KEY
-        ):
-            problems.append("DEVICE_MASTER_SECRET_KEY and DEVICE_AGENT_SECRET_KEY must differ")
-        if missing:
-            problems.append(f"make each secret with: {MAKE_A_SECRET}")
+        present = [name for name in REQUIRED_SECRETS if getattr(self, name)]
+        short = [name for name in present if len(getattr(self, name)) < SECRET_MIN_LENGTH]
+        if short:
+            problems.append(
+                f"secrets shorter than {SECRET_MIN_LENGTH} characters: {', '.join(short)}"
+            )
+        for i, first in enumerate(present):
+            for second in present[i + 1 :]:
+                if getattr(self, first) == getattr(self, second):
+                    # The registration secrets sit in every device's flash: none may sign tokens.
+                    problems.append(f"{first} and {second} must differ")
+        if env_str("IOT_ENV") == "testing":
+            problems.append("IOT_ENV=testing is for the test suite only (public test secrets)")
+        if missing or short:
+            problems.append(f"make each secret with: {MAKE_SECRET}")
         return problems
 
 
@@ -152,15 +172,17 @@ class TestingConfig(DevelopmentConfig):
 
     def __init__(self) -> None:
         super().__init__()
+        # Public, in the repository: gunicorn refuses IOT_ENV=testing for that reason.
         self.JWT_SECRET = "test-jwt-secret-of-a-sensible-length-0123456789"
-        self.DEVICE_MASTER_SECRET_KEY = "test-master-secret"
-        self.DEVICE_AGENT_SECRET_KEY = "test-agent-secret"
-        self.MQTT_SECRET_KEY = "test-mqtt-secret"
+        self.DEVICE_MASTER_SECRET_KEY = "test-master-secret-0123456789abcdefghij"
+        self.DEVICE_AGENT_SECRET_KEY = "test-agent-secret-0123456789abcdefghij"
+        self.MQTT_SECRET_KEY = "test-mqtt-secret-0123456789abcdefghijkl"
         self.RATELIMIT_STORAGE_URI = "memory://"
         self.RATELIMIT_AUTH = "5 per 5 seconds"
         self.RATELIMIT_DEFAULT = "200 per 30 seconds"
+        self.RATELIMIT_LOGIN_FAILURES = "10 per 10 minutes"
         self.TRUSTED_PROXIES = 0
-        self.HOOK_TRUSTED_NETWORKS = "127.0.0.0/8,::1"
+        self.HOOK_TRUSTED_NETWORKS = LOOPBACK_NETWORKS
         self.EMQX_API_URL = self.EMQX_API_KEY = self.EMQX_API_SECRET = None
         # In-process tests change rows and ask at once; the exact cache is asynchronous by
         # a notification's delivery, so the tests that exercise it turn it on themselves.

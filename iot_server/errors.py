@@ -64,11 +64,18 @@ DATABASE_OUTAGE = (OperationalError, PoolTimeoutError)
 class ApiError(Exception):
     """An expected failure with its result code and HTTP status."""
 
-    def __init__(self, status: int, error: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        error: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(error or "")
         self.status = status
         self.code = code or CODE_BY_STATUS.get(status, ERROR)
         self.error = error
+        self.headers = headers or {}
 
 
 def error_response(status: int, error: str | None = None, code: str | None = None) -> Response:
@@ -90,7 +97,9 @@ def is_database_outage(exc: BaseException) -> bool:
 
 def handle_api_error(exc: ApiError) -> Response:
     """Answer an expected failure raised by a blueprint or the domain."""
-    return error_response(exc.status, exc.error, exc.code)
+    response = error_response(exc.status, exc.error, exc.code)
+    response.headers.update(exc.headers)
+    return response
 
 
 def handle_http_exception(exc: HTTPException) -> Response:

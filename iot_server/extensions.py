@@ -1,5 +1,7 @@
 """Flask extensions, created unbound here and bound in `create_app()`."""
 
+import ipaddress
+
 import flask_limiter
 from flask import current_app, request
 from flask_jwt_extended import JWTManager
@@ -14,8 +16,25 @@ class Base(DeclarativeBase):
 
 
 def client_ip() -> str:
-    """The rate-limit key: the client address after ProxyFix has applied TRUSTED_PROXIES."""
-    return request.remote_addr or "unknown"
+    """The rate-limit key: the client address after ProxyFix has applied TRUSTED_PROXIES,
+    and for IPv6 its /64 (one subscriber's network: 120 addresses of one /64 passed a
+    limit meant for one client)."""
+    return rate_limit_key(request.remote_addr)
+
+
+def rate_limit_key(address: str | None) -> str:
+    """An IPv4 address as is; an IPv6 address as its /64 network (IPv4-mapped as IPv4)."""
+    if not address:
+        return "unknown"
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if parsed.version == 6 and parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    if parsed.version == 6:
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
 
 
 def default_rate_limit() -> str:

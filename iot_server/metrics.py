@@ -76,11 +76,20 @@ def start_timer() -> None:
     g.metrics_started = time.perf_counter()
 
 
+#: The `method` label's values; any other method a caller invents is `other`.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The label of anything outside a fixed set (an unknown method, path or status).
+OTHER = "other"
+
+
 def record_request(response):
-    """Count the request under its route pattern (not its raw path: bounded labels)."""
+    """Count the request under labels from fixed sets: its route pattern (not its raw path),
+    a known method, a status code (400 random methods once made 400 permanent series)."""
     started = g.pop("metrics_started", None)
-    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-    HTTP_REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+    endpoint = request.url_rule.rule if request.url_rule else OTHER
+    method = request.method if request.method in METHODS else OTHER
+    status = response.status_code
+    HTTP_REQUESTS.labels(endpoint, method, str(status) if 100 <= status < 600 else OTHER).inc()
     if started is not None:
         HTTP_LATENCY.labels(endpoint).observe(time.perf_counter() - started)
     return response

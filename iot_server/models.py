@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -12,6 +13,7 @@ from sqlalchemy import (
     Integer,
     String,
 )
+from sqlalchemy import true as sa_true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -21,6 +23,9 @@ MASTER = "master"
 AGENT = "agent"
 #: The longest device name an owner may set.
 DEVICE_NAME_MAX = 64
+#: Unicode category Cc: C0 controls, DEL and C1 controls (never in a device name).
+CONTROL_CHARACTERS = "\x00-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
 #: The longest MQTT client id the hooks remember (MQTT 3.1.1 allows 65535 bytes; EMQX's
 #: default `max_clientid_len` is 65535 too, but no real firmware comes near 256).
 CLIENT_ID_MAX = 256
@@ -32,6 +37,11 @@ SESSIONS_PER_DEVICE = 16
 def utcnow() -> datetime:
     """Timezone-aware now, the one clock of the models."""
     return datetime.now(UTC)
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    """ISO 8601 UTC with a `Z`, or None: how every answer writes a time."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
 
 class UTCDateTime(TypeDecorator):
@@ -55,6 +65,22 @@ class UTCDateTime(TypeDecorator):
         return value
 
 
+def is_storable(value: str) -> bool:
+    """True when the string has no NUL and encodes as UTF-8 (no lone surrogates)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_device_name(value: str) -> bool:
+    """A name an owner may give a device: 1-64 characters of storable, printable text."""
+    return 1 <= len(value) <= DEVICE_NAME_MAX and is_storable(value) and not _CONTROL.search(value)
+
+
 def is_registered(kind: str, owner_id: int | None, master_uuid: str | None) -> bool:
     """A master is registered once claimed; an agent once linked to a master."""
     return owner_id is not None if kind == MASTER else master_uuid is not None
@@ -69,6 +95,10 @@ class Owner(db.Model):
     # Stored lowercase: usernames are case-insensitive (SPEC.md, "Owner API").
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
+    # Owner tokens carry it: logout, a password change, disable and `flask users revoke`
+    # bump it, which ends every earlier token at once.
+    token_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=sa_true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     devices: Mapped[list[Device]] = relationship(back_populates="owner")
@@ -100,6 +130,9 @@ class Device(db.Model):
     token_version: Mapped[int] = mapped_column(Integer, default=1)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When it was first claimed (master) or linked (agent): a device that never was has
+    # never had a token, and is forgotten after a week (`devices.prune_unregistered`).
+    registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -120,6 +153,26 @@ class Device(db.Model):
 
     def __repr__(self) -> str:
         return f"<Device {self.kind} {self.uuid}>"
+
+
+class ConsoleSession(db.Model):
+    """A browser signed in to the owner console. Signing out deletes the row, so a copy of
+    the cookie stops working; the row also ends at `expires_at`."""
+
+    __tablename__ = "console_sessions"
+
+    # SHA-256 of the random id the (signed) cookie carries: the table holds no usable id.
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
+    # The owner's token version at sign-in: logout-all, a password change and `flask users
+    # revoke|disable` bump it, which ends this session as it ends the owner's API tokens.
+    owner_token_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Indexed for the sweep of expired sessions at each sign-in.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+    def __repr__(self) -> str:
+        return f"<ConsoleSession owner={self.owner_id}>"
 
 
 class DeviceSession(db.Model):

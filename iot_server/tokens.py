@@ -1,8 +1,9 @@
 """Issue and verify device and owner tokens (flask-jwt-extended, HS256 pinned).
 
 Device tokens: `sub` = uuid, `role` = "device", `kind`, `ver` (the device's token version).
-Owner tokens: `sub` = owner id, `role` = "owner". `verify()` always names the role it
-expects, so neither kind of token can stand in for the other.
+Owner tokens: `sub` = owner id, `role` = "owner", `ver` (the owner's token version).
+`verify()` always names the role it expects, so neither kind of token can stand in for the
+other. Both allow `JWT_DECODE_LEEWAY` (30 s) of clock skew on `iat` and `exp`.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ def issue_device_token(device: Device) -> str:
 
 
 def issue_owner_token(owner: Owner) -> str:
-    """A token for an owner account."""
+    """A token for an owner account at its current token version."""
     return create_access_token(
         identity=str(owner.id),
-        additional_claims={"role": OWNER},
+        additional_claims={"role": OWNER, "ver": owner.token_version},
         expires_delta=timedelta(seconds=current_app.config["OWNER_TOKEN_TTL"]),
     )
 
@@ -53,7 +54,7 @@ def verify(token: str | None, role: str) -> dict:
         raise InvalidToken(type(exc).__name__) from None
     if claims.get("role") != role or not isinstance(claims.get("sub"), str):
         raise InvalidToken("wrong role")
-    if role == DEVICE and not isinstance(claims.get("ver"), int):
+    if not isinstance(claims.get("ver"), int) or isinstance(claims.get("ver"), bool):
         raise InvalidToken("no version")
     return claims
 

@@ -3,7 +3,7 @@ import logging
 import click
 from alembic import context
 from flask import current_app
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from iot_server import database
 
@@ -20,15 +20,18 @@ logger = logging.getLogger("alembic.env")
 QUIET = bool(context.get_x_argument(as_dictionary=True).get("quiet"))
 
 
+APPLIED: list[str] = []
+
+
 def report_step(ctx, step, heads, run_args):
-    """Say which migration was applied, in one line on stdout."""
-    if not QUIET:
-        source = ", ".join(step.source_revision_ids) or "empty"
-        target = ", ".join(step.destination_revision_ids) or "empty"
-        script = step.up_revision
-        summary = (script.doc or "").splitlines()[0] if script is not None else ""
-        verb = "upgraded" if step.is_upgrade else "downgraded"
-        click.echo(f"{verb} {source} -> {target}" + (f": {summary}" if summary else ""))
+    """Note which migration was applied (printed once they all are: PostgreSQL rolls the
+    whole run back when one fails)."""
+    source = ", ".join(step.source_revision_ids) or "empty"
+    target = ", ".join(step.destination_revision_ids) or "empty"
+    script = step.up_revision
+    summary = (script.doc or "").splitlines()[0] if script is not None else ""
+    verb = "upgraded" if step.is_upgrade else "downgraded"
+    APPLIED.append(f"{verb} {source} -> {target}" + (f": {summary}" if summary else ""))
 
 
 def get_engine():
@@ -101,7 +104,7 @@ def run_migrations_online():
     conf_args = current_app.extensions["migrate"].configure_args
     if conf_args.get("process_revision_directives") is None:
         conf_args["process_revision_directives"] = process_revision_directives
-    conf_args.setdefault("on_version_apply", report_step)
+    conf_args["on_version_apply"] = report_step
 
     connectable = get_engine()
 
@@ -113,8 +116,16 @@ def run_migrations_online():
     with connection:
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 
-        with context.begin_transaction():
-            context.run_migrations()
+        try:
+            with context.begin_transaction():
+                context.run_migrations()
+        except SQLAlchemyError as exc:
+            # The database's own words are what a person acts on; the stack is noise.
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise click.ClickException(f"the migration failed: {reason}") from None
+    if not QUIET:
+        for line in APPLIED:
+            click.echo(line)
 
 
 if context.is_offline_mode():

@@ -12,10 +12,12 @@ import hashlib
 import json
 import os
 import queue
+import random
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid as uuidlib
@@ -28,14 +30,14 @@ from sqlalchemy import text
 from werkzeug.serving import make_server
 
 from iot_server import create_app
-from iot_server.config import database_url
+from iot_server.config import LOOPBACK_NETWORKS, database_url
 from iot_server.extensions import db, limiter
-from iot_server.models import AGENT, MASTER, Device, DeviceSession, Owner
+from iot_server.models import AGENT, MASTER, ConsoleSession, Device, DeviceSession, Owner
 
 ROOT = Path(__file__).resolve().parent.parent
-MASTER_SECRET = "test-master-secret"
-AGENT_SECRET = "test-agent-secret"
-MQTT_SECRET = "test-mqtt-secret"
+MASTER_SECRET = "test-master-secret-0123456789abcdefghij"
+AGENT_SECRET = "test-agent-secret-0123456789abcdefghij"
+MQTT_SECRET = "test-mqtt-secret-0123456789abcdefghijkl"
 REQUIRE_SERVICES = os.environ.get("IOT_REQUIRE_SERVICES") == "1"
 
 
@@ -46,11 +48,29 @@ def service_unavailable(what: str) -> None:
     pytest.skip(f"service unavailable: {what}")
 
 
+def _ephemeral_ports() -> range:
+    """The kernel's range for outgoing connections' local ports."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port nobody uses right now, outside the ephemeral range: a port the kernel
+    hands out itself may be taken by any outgoing connection (ours, or another test
+    process's) between this call and the server's bind."""
+    ephemeral = _ephemeral_ports()
+    for _ in range(200):
+        port = random.randrange(10_000, ephemeral.start)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
@@ -138,6 +158,7 @@ def clear_tables() -> None:
     db.session.execute(DeviceSession.__table__.delete())
     db.session.execute(Device.__table__.update().values(master_uuid=None))
     db.session.execute(Device.__table__.delete())
+    db.session.execute(ConsoleSession.__table__.delete())
     db.session.execute(Owner.__table__.delete())
     db.session.commit()
 
@@ -405,6 +426,70 @@ class RedisServer(PrivateServer):
         """Every key stored (the limiter's counters)."""
         with contextlib.closing(self.client()) as client:
             return client.keys("*")
+
+
+class NginxProxy(PrivateServer):
+    """Debian's nginx on a free port with `deploy/nginx.conf` (the compose file's public
+    entry) in front of `upstream_port`, rendered as the nginx image renders it."""
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__()
+        # Its own folder, readable by nginx's unprivileged workers (pytest's tmp is 0700).
+        self.dir = Path(tempfile.mkdtemp(prefix="iot-nginx-"))
+        self.dir.chmod(0o755)
+        site = (ROOT / "deploy" / "nginx.conf").read_text()
+        site = site.replace("${IOT_API_UPSTREAM}", f"127.0.0.1:{upstream_port}")
+        site = site.replace("${IOT_PROXY_PORT}", f"127.0.0.1:{self.port}")
+        (self.dir / "site.conf").write_text(site)
+        temp = {name: self.dir / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+        for folder in temp.values():
+            folder.mkdir(mode=0o777)
+            folder.chmod(0o777)
+        (self.dir / "nginx.conf").write_text(
+            f"""daemon off;
+worker_processes 1;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {self.dir}/access.log;
+    client_body_temp_path {temp["body"]};
+    proxy_temp_path {temp["proxy"]};
+    fastcgi_temp_path {temp["fastcgi"]};
+    uwsgi_temp_path {temp["uwsgi"]};
+    scgi_temp_path {temp["scgi"]};
+    include {self.dir}/site.conf;
+}}
+"""
+        )
+
+    def argv(self) -> list[str]:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        return [nginx, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"),
+                "-e", str(self.dir / "error.log")]  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop nginx (SIGQUIT would wait for the slow clients) and remove its folder."""
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def nginx_proxy():
+    """Factory: `nginx_proxy(upstream_port)` starts nginx with deploy/nginx.conf in front of
+    that port; every proxy is stopped after the test."""
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        service_unavailable("the nginx binary (apt-get install nginx)")
+    proxies: list[NginxProxy] = []
+
+    def start(upstream_port: int) -> NginxProxy:
+        proxy = NginxProxy(upstream_port)
+        proxies.append(proxy)
+        return proxy.start()
+
+    yield start
+    for proxy in proxies:
+        proxy.stop()
 
 
 @pytest.fixture
@@ -734,6 +819,9 @@ def server_env(database_url: str, **overrides: str) -> dict[str, str]:
         DEVICE_AGENT_SECRET_KEY=AGENT_SECRET,
         MQTT_SECRET_KEY=MQTT_SECRET,
         LOG_FORMAT="json",
+        # Production trusts no network by default; the tests' go-auth calls come from
+        # loopback, as a go-auth broker on the same host would (pass "" for the default).
+        HOOK_TRUSTED_NETWORKS=LOOPBACK_NETWORKS,
     )
     env.update(overrides)
     return env

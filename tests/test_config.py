@@ -7,7 +7,7 @@ from conftest import MASTER_SECRET, GunicornServer
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from iot_server.config import (
-    MAKE_A_SECRET,
+    MAKE_SECRET,
     REQUIRED_SECRETS,
     Config,
     DevelopmentConfig,
@@ -16,9 +16,9 @@ from iot_server.config import (
 
 SECRETS = {
     "JWT_SECRET": "j" * 40,
-    "DEVICE_MASTER_SECRET_KEY": "m" * 20,
-    "DEVICE_AGENT_SECRET_KEY": "a" * 20,
-    "MQTT_SECRET_KEY": "q" * 20,
+    "DEVICE_MASTER_SECRET_KEY": "m" * 40,
+    "DEVICE_AGENT_SECRET_KEY": "a" * 40,
+    "MQTT_SECRET_KEY": "q" * 40,
 }
 
 
@@ -33,6 +33,8 @@ def clean_env(monkeypatch):
         "RATELIMIT_STORAGE_URI",
         "TRUSTED_PROXIES",
         "WEB_CONCURRENCY",
+        "IOT_ENV",
+        "HOOK_TRUSTED_NETWORKS",
     ]:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
@@ -49,7 +51,7 @@ def test_defaults_follow_the_spec(clean_env):
     assert config.RATELIMIT_AUTH == "5 per 5 seconds"
     assert config.RATELIMIT_DEFAULT == "200 per 30 seconds"
     assert config.TRUSTED_PROXIES == 0
-    assert config.HOOK_TRUSTED_NETWORKS == "127.0.0.0/8,::1"
+    assert config.HOOK_TRUSTED_NETWORKS == ""
     assert config.AUTH_NEGATIVE_TTL == 5
     assert config.MQTT_SERVICE_USERNAME == "iot-server"
     assert config.LOG_FORMAT == "json"
@@ -117,7 +119,7 @@ def test_startup_problems_name_the_database_and_each_secret(clean_env):
     """One list for gunicorn's one line: what is missing, and how to make a secret."""
     assert Config().startup_problems() == [
         "missing required environment variables: DATABASE_URL, " + ", ".join(REQUIRED_SECRETS),
-        f"make each secret with: {MAKE_A_SECRET}",
+        f"make each secret with: {MAKE_SECRET}",
     ]
     clean_env.setenv("DATABASE_URL", "postgres://u@h/d")
     for name, value in SECRETS.items():
@@ -132,7 +134,7 @@ def test_make_a_secret_makes_one():
     import subprocess
     import sys
 
-    command = MAKE_A_SECRET.replace("python", sys.executable, 1)
+    command = MAKE_SECRET.replace("python", sys.executable, 1)
     made = subprocess.run(command, shell=True, capture_output=True, text=True, check=True)
     assert len(made.stdout.strip()) == 43
 
@@ -188,7 +190,7 @@ def test_gunicorn_names_every_problem_and_how_to_make_a_secret(tmp_path):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
     assert "DATABASE_URL, JWT_SECRET, DEVICE_MASTER_SECRET_KEY" in lines[0]
-    assert MAKE_A_SECRET in lines[0]
+    assert MAKE_SECRET in lines[0]
 
 
 def flask_run(tmp_path, reload: bool = False, **env: str) -> str:
@@ -249,6 +251,69 @@ def test_gunicorn_refuses_equal_registration_secrets(tmp_path):
     )
     assert status != 0
     assert "must differ" in stderr
+
+
+def problems_with(env, **overrides: str) -> list[str]:
+    """`Config().startup_problems()` with a database, SECRETS and `overrides` in the
+    environment."""
+    database = {"DATABASE_URL": "postgresql://db.example/iot"}
+    for name, value in {**database, **SECRETS, **overrides}.items():
+        env.setenv(name, value)
+    return Config().startup_problems()
+
+
+def test_good_secrets_have_no_startup_problems(clean_env):
+    assert problems_with(clean_env) == []
+
+
+@pytest.mark.parametrize("name", REQUIRED_SECRETS)
+def test_a_secret_under_32_characters_is_a_startup_problem(clean_env, name):
+    problems = problems_with(clean_env, **{name: "s" * 31})
+    assert problems[0] == f"secrets shorter than 32 characters: {name}"
+    assert "secrets.token_urlsafe(32)" in problems[-1]
+    assert problems_with(clean_env, **{name: "s" * 32}) == []
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(a, b) for i, a in enumerate(REQUIRED_SECRETS) for b in REQUIRED_SECRETS[i + 1 :]],
+)
+def test_any_two_equal_secrets_are_a_startup_problem(clean_env, first, second):
+    """JWT_SECRET equal to a registration secret (in every device's flash) included."""
+    problems = problems_with(clean_env, **{second: SECRETS[first]})
+    assert problems == [f"{first} and {second} must differ"]
+
+
+def test_iot_env_testing_is_a_startup_problem(clean_env):
+    """TestingConfig's secrets are public: production never runs on them."""
+    problems = problems_with(clean_env, IOT_ENV="testing")
+    assert problems == ["IOT_ENV=testing is for the test suite only (public test secrets)"]
+
+
+@pytest.mark.slow
+def test_gunicorn_refuses_short_secrets_and_testing_in_one_line(tmp_path):
+    """The finding: gunicorn started with JWT_SECRET=x and with IOT_ENV=testing."""
+    status, stderr = refused_gunicorn(tmp_path, **{**SECRETS, "JWT_SECRET": "x"}, IOT_ENV="testing")
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert status != 0 and len(lines) == 1, stderr
+    assert "secrets shorter than 32 characters: JWT_SECRET" in lines[0]
+    assert "IOT_ENV=testing" in lines[0]
+    assert "secrets.token_urlsafe(32)" in lines[0]
+    assert SECRETS["MQTT_SECRET_KEY"] not in lines[0]  # names, never values
+
+
+@pytest.mark.slow
+def test_gunicorn_warns_when_memory_storage_serves_several_workers(start_gunicorn, redis_url):
+    """With memory:// each worker counts alone (10 of 40 passed a 5-request limit)."""
+    several = start_gunicorn(workers=2)
+    one = start_gunicorn(workers=1)
+    shared = start_gunicorn(workers=2, RATELIMIT_STORAGE_URI=redis_url)
+    for server in (several, one, shared):
+        server.stop()
+    warnings = [r for r in several.records() if "memory:// with 2 workers" in r.get("message", "")]
+    assert len(warnings) == 1 and warnings[0]["level"] == "WARNING", several.output()
+    assert "memory://" not in one.output()
+    assert "memory://" not in shared.output()
 
 
 @pytest.mark.slow

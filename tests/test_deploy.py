@@ -203,10 +203,10 @@ def run_in_check_mode(command: tuple[str, ...]) -> subprocess.CompletedProcess:
         **os.environ,
         "DATABASE_URL": f"sqlite:///{scratch / 'check.sqlite'}",
         "PROMETHEUS_MULTIPROC_DIR": str(scratch),
-        "JWT_SECRET": "check-jwt-secret",
-        "DEVICE_MASTER_SECRET_KEY": "check-master-secret",
-        "DEVICE_AGENT_SECRET_KEY": "check-agent-secret",
-        "MQTT_SECRET_KEY": "check-mqtt-secret",
+        "JWT_SECRET": "check-jwt-secret-0123456789abcdefghijklmn",
+        "DEVICE_MASTER_SECRET_KEY": "check-master-secret-0123456789abcdefghijklmn",
+        "DEVICE_AGENT_SECRET_KEY": "check-agent-secret-0123456789abcdefghijklmn",
+        "MQTT_SECRET_KEY": "check-mqtt-secret-0123456789abcdefghijklmn",
     }
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
@@ -705,9 +705,10 @@ def test_emqx_dockerfile():
 
 
 def test_compose_services_and_wiring():
-    """postgres, emqx, api and pinger; the API waits for the database, never for EMQX."""
+    """postgres, emqx, api, pinger and the proxy; the API waits for the database, never for
+    EMQX."""
     services = compose()["services"]
-    assert set(services) == {"postgres", "emqx", "api", "pinger"}
+    assert set(services) == {"postgres", "emqx", "api", "pinger", "proxy"}
 
     assert "pg_isready" in str(services["postgres"]["healthcheck"]["test"])
     emqx_build = services["emqx"]["build"]
@@ -749,6 +750,23 @@ def test_compose_pinger_has_its_own_health_check(tmp_path):
     assert result.stdout == f"unhealthy: no heartbeat at {tmp_path / 'heartbeat'}" + (
         " (the pinger is not running, or starting)\n"
     )
+
+
+def test_compose_publishes_the_proxy_not_gunicorn():
+    """Slow clients: only nginx (deploy/nginx.conf, the file tests/test_proxy.py runs) is
+    published; gunicorn trusts its one hop."""
+    services = compose()["services"]
+    api, proxy = services["api"], services["proxy"]
+    assert "ports" not in api
+    assert api["environment"]["TRUSTED_PROXIES"] == "1"
+    assert proxy["image"].startswith("nginx:")
+    assert proxy["ports"] == [
+        f"{api['environment']['PORT']}:{proxy['environment']['IOT_PROXY_PORT']}"
+    ]
+    assert proxy["environment"]["IOT_API_UPSTREAM"] == f"api:{api['environment']['PORT']}"
+    assert "./deploy/nginx.conf:/etc/nginx/templates/default.conf.template:ro" in proxy["volumes"]
+    template = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert set(re.findall(r"\$\{(\w+)\}", template)) == {"IOT_API_UPSTREAM", "IOT_PROXY_PORT"}
 
 
 def test_compose_commands_exist():

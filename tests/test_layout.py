@@ -1,4 +1,4 @@
-"""The package's shape: the ways in (api, broker, pinger, dev) build on the core and never
+"""The package's shape: the ways in (api, broker, pinger, dev, console) build on the core and never
 on each other, and the core imports none of them (but for the app factory and the CLI,
 which assemble everything)."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "iot_server"
-WAYS_IN = ("api", "broker", "pinger", "dev")
+WAYS_IN = ("api", "broker", "pinger", "dev", "console")
 #: Core modules whose job is to assemble the ways in.
 ASSEMBLERS = ("iot_server", "iot_server.cli")
 

@@ -35,8 +35,8 @@ def empty_database(request, tmp_path):
     server.dispose()
 
 
-def test_0002_carries_each_remembered_client_id_over_and_back(empty_database):
-    """The one client id a device had under 0001 becomes its session under 0002 (live
+def test_0004_carries_each_remembered_client_id_over_and_back(empty_database):
+    """The one client id a device had under 0001 becomes its session under 0004 (live
     sessions survive the upgrade); a downgrade keeps the newest current one."""
     app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database})
     with app.app_context():
@@ -70,3 +70,17 @@ def test_0002_carries_each_remembered_client_id_over_and_back(empty_database):
         assert restored == {with_session: "esp-1", without: None}
         assert "device_sessions" not in inspect(db.engine).get_table_names()
         db.engine.dispose()
+
+
+def test_the_migrations_are_one_chain():
+    """One head, each revision after the one before: parallel branches that each added a
+    migration must be re-chained when they merge, or `flask db upgrade` stops."""
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    scripts = ScriptDirectory.from_config(config)
+    assert len(scripts.get_heads()) == 1, scripts.get_heads()
+    chain = list(scripts.walk_revisions())
+    assert [s.down_revision for s in chain[:-1]] == [s.revision for s in chain[1:]]

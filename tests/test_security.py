@@ -456,6 +456,7 @@ def test_in_process_untrusted_address_matrix(client, world):
 
 def test_expired_token_is_refused_even_within_the_token_cache(app, client, world):
     """A token cached by a successful login is still refused once it has expired."""
+    app.config["JWT_DECODE_LEEWAY"] = 0  # no clock-skew grace: expiry is the point here
     with app.app_context():
         device = db.session.get(Device, world["master"])
         short = create_access_token(

@@ -16,6 +16,7 @@ from ..extensions import limiter
 from ..identifiers import USERNAME_FORM, USERNAME_PATTERN
 from ..metrics import REGISTRATIONS
 from . import validation
+from .access import require_token
 from .validation import Text
 
 bp = Blueprint("auth", __name__)
@@ -50,6 +51,10 @@ REGISTER_FIELDS = {
 }
 # Login checks types only: a username or password of the wrong form is just wrong (403).
 LOGIN_FIELDS = {"username": Text(), "password": Text()}
+PASSWORD_FIELDS = {
+    "password": Text(),
+    "new_password": Text(min_length=owners.PASSWORD_MIN, max_length=owners.PASSWORD_MAX),
+}
 
 
 @bp.post("/users/register")
@@ -65,9 +70,30 @@ def register_owner():
 def login_owner():
     """An owner token for matching credentials; the same 403 whether or not the user exists."""
     data = validation.body(LOGIN_FIELDS)
-    owner = owners.authenticate(data["username"], data["password"])
-    if owner is None:
-        log.info("owner login refused")
-        raise ApiError(403, "wrong username or password")
+    try:
+        owner = owners.login(data["username"], data["password"])
+    except ApiError as exc:
+        log.info("owner login refused: %s", exc.error)
+        raise
     log.info("owner logged in", extra={"owner": owner.username})
+    return jsonify(c="OK", t=tokens.issue_owner_token(owner))
+
+
+@bp.post("/users/logout")
+def logout_owner():
+    """End the presented token, and with it every other token of the owner (logout-all)."""
+    owner = require_token(tokens.OWNER)
+    owners.revoke_tokens(owner)
+    log.info("owner logged out", extra={"owner": owner.username})
+    return jsonify(c="OK")
+
+
+@bp.post("/users/password")
+def change_owner_password():
+    """Change the password (the current one is checked): every earlier token ends, and the
+    answer carries a new one."""
+    owner = require_token(tokens.OWNER)
+    data = validation.body(PASSWORD_FIELDS)
+    owners.change_password(owner, data["password"], data["new_password"])
+    log.info("owner password changed", extra={"owner": owner.username})
     return jsonify(c="OK", t=tokens.issue_owner_token(owner))

@@ -20,7 +20,7 @@ from flask import Blueprint, jsonify, render_template
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from .. import identifiers
+from .. import devices, identifiers
 from ..errors import CODES
 from ..models import DEVICE_NAME_MAX
 from . import auth, owner_devices
@@ -30,6 +30,8 @@ bp = Blueprint("openapi", __name__, template_folder="templates")
 
 UUID_PATTERN = f"^{identifiers.UUID_PATTERN}$"
 LOWER_UUID = {"type": "string", "pattern": f"^{identifiers.STORED_UUID_PATTERN}$"}
+#: `GET /devices` cursors: microseconds, a dot, a uuid (`owner_devices.cursor_after`).
+CURSOR_PATTERN = f"^[0-9]{{1,17}}\\.{identifiers.UUID_PATTERN}$"
 
 
 def with_descriptions(schema: dict, **descriptions: str) -> dict:
@@ -190,7 +192,9 @@ DOCUMENT: dict = {
             "`NOT_FOUND`; another method on a known path answers 405 `METHOD_NOT_ALLOWED` "
             "with `Allow`; a body over 64 KB answers 413 `TOO_LARGE`; a database outage "
             "answers 503 `ERROR`. Rate limits: `/auth/*` share one bucket per client IP "
-            "(`RATELIMIT_AUTH`, default 5 per 5 seconds); every other route but the hooks "
+            "(an IPv6 client's /64) (`RATELIMIT_AUTH`, default 5 per 5 seconds), and failed "
+            "logins one per username (`RATELIMIT_LOGIN_FAILURES`, default 10 per 10 "
+            "minutes); every other route but the hooks "
             "and health shares a second bucket per client IP (`RATELIMIT_DEFAULT`, default 200 "
             "per 30 seconds); over the limit "
             "is 429 `RATE_LIMITED` with `Retry-After`."
@@ -256,6 +260,39 @@ DOCUMENT: dict = {
                 },
             }
         },
+        "/auth/users/logout": {
+            "post": {
+                "tags": ["owner accounts"],
+                "operationId": "logoutOwner",
+                "summary": "End the presented owner token, and every other one of the owner",
+                "description": (
+                    "Owner tokens carry the owner's token version; logging out bumps it, so "
+                    "every token issued so far stops working at once (log out everywhere)."
+                ),
+                "security": OWNER,
+                "responses": {
+                    "200": ok("Logged out.", "Ok"),
+                    **errors(*OWNER_ERRORS),
+                },
+            }
+        },
+        "/auth/users/password": {
+            "post": {
+                "tags": ["owner accounts"],
+                "operationId": "changeOwnerPassword",
+                "summary": "Change the owner's password",
+                "description": (
+                    "The current password is checked (wrong: 403). Every earlier token ends; "
+                    "the answer carries a new one."
+                ),
+                "security": OWNER,
+                "requestBody": body("PasswordChange"),
+                "responses": {
+                    "200": ok("Changed: a new owner token.", "Token"),
+                    **errors(400, 413, *OWNER_ERRORS),
+                },
+            }
+        },
         "/mqtt": {
             "get": {
                 "tags": ["device"],
@@ -277,11 +314,35 @@ DOCUMENT: dict = {
             "get": {
                 "tags": ["owner devices"],
                 "operationId": "listDevices",
-                "summary": "The owner's masters and their agents, oldest first",
+                "summary": "The owner's masters and their agents, oldest first, a page at a time",
+                "description": (
+                    "Follow `next` (null on the last page) as `?cursor=` for the next page."
+                ),
                 "security": OWNER,
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "Entries per page.",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": owner_devices.PAGE_MAX,
+                            "default": owner_devices.PAGE_DEFAULT,
+                        },
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "The previous page's `next`.",
+                        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                    },
+                ],
                 "responses": {
                     "200": ok("Each device an entry.", "DeviceList"),
-                    **errors(*OWNER_ERRORS),
+                    **errors(400, *OWNER_ERRORS),
                 },
             }
         },
@@ -317,7 +378,9 @@ DOCUMENT: dict = {
                 "summary": "Claim a master",
                 "description": (
                     "An agent uuid is 400; a master claimed by another owner is 409 (the one "
-                    "place another owner's device shows)."
+                    "place another owner's device shows), and so is a claim beyond "
+                    f"{devices.MAX_MASTERS_PER_OWNER:,} masters. Of two owners claiming one "
+                    "uuid at once, exactly one wins."
                 ),
                 "security": OWNER,
                 "responses": {
@@ -344,8 +407,9 @@ DOCUMENT: dict = {
                 "operationId": "linkAgent",
                 "summary": "Link an agent to the owner's master (an unknown agent is created)",
                 "description": (
-                    "An agent linked to another master is 409; a master in the agent place, "
-                    "or the reverse, is 400."
+                    "An agent linked to another master is 409, and so is a master's "
+                    f"{devices.MAX_AGENTS_PER_MASTER + 1}th agent; a master in the agent "
+                    "place, or the reverse, is 400."
                 ),
                 "security": OWNER,
                 "responses": {
@@ -580,6 +644,11 @@ DOCUMENT: dict = {
                 username="Case-insensitive; stored lowercase.",
             ),
             "Login": object_schema(auth.LOGIN_FIELDS),
+            "PasswordChange": with_descriptions(
+                object_schema(auth.PASSWORD_FIELDS),
+                password="The current password.",
+                new_password="Not one repeated character, not a common password.",
+            ),
             "Rename": object_schema(owner_devices.RENAME_FIELDS),
             "Device": {
                 "type": "object",
@@ -614,11 +683,20 @@ DOCUMENT: dict = {
             },
             "DeviceList": {
                 "type": "object",
-                "required": ["c", "devices"],
+                "required": ["c", "devices", "next"],
                 "additionalProperties": False,
                 "properties": {
                     "c": {"const": "OK"},
-                    "devices": {"type": "array", "items": ref("Device")},
+                    "devices": {
+                        "type": "array",
+                        "items": ref("Device"),
+                        "maxItems": owner_devices.PAGE_MAX,
+                    },
+                    "next": {
+                        "type": ["string", "null"],
+                        "pattern": CURSOR_PATTERN,
+                        "description": "`?cursor=` for the next page; null on the last.",
+                    },
                 },
             },
             "EmqxAuthnRequest": {

@@ -7,13 +7,15 @@ learns why. The rules themselves live in `devices`; this module parses and shape
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 
 from .. import devices, tokens
+from ..errors import ApiError
 from ..extensions import db
-from ..models import DEVICE_NAME_MAX, MASTER, Device
+from ..identifiers import parse_uuid
+from ..models import DEVICE_NAME_MAX, MASTER, Device, iso_utc
 from . import validation
 from .access import require_token
 from .validation import Text
@@ -23,11 +25,6 @@ bp = Blueprint("owner_devices", __name__)
 RENAME_FIELDS = {
     "name": Text(min_length=1, max_length=DEVICE_NAME_MAX, nullable=True, printable=True)
 }
-
-
-def iso_utc(moment: datetime | None) -> str | None:
-    """ISO 8601 UTC with a `Z`, or None."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
 
 def serialize(device: Device, agents: list[str] | None = None, now: datetime | None = None) -> dict:
@@ -52,19 +49,51 @@ def device_answer(device: Device, status: int = 200):
     return jsonify(c="OK", device=serialize(device)), status
 
 
+#: `GET /devices` pages (SPEC.md, "Bounds").
+PAGE_DEFAULT, PAGE_MAX = 100, 200
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 @bp.get("")
 def list_devices():
-    """The owner's masters and their agents, each an entry, oldest first."""
+    """The owner's masters and their agents, each an entry, oldest first, a page at a time:
+    `?limit=` (1-200, default 100) and `?cursor=` (the previous page's `next`)."""
     owner = require_token(tokens.OWNER)
-    rows = devices.owned_devices(owner)
-    # One query for all: each master's agent list is built from the same rows.
-    agents_of: dict[str, list[str]] = {}
-    for row in rows:
-        if row.kind != MASTER and row.master_uuid:
-            agents_of.setdefault(row.master_uuid, []).append(row.uuid)
+    limit = page_limit(request.args.get("limit"))
+    after = parse_cursor(request.args.get("cursor"))
+    rows = devices.owned_devices(owner, limit=limit + 1, after=after)
+    page, more = rows[:limit], len(rows) > limit
+    # One more query for all: each master's agents, wherever they fall in the pages.
+    agents = devices.agents_of([row.uuid for row in page if row.kind == MASTER])
     now = datetime.now(UTC)
-    entries = [serialize(row, agents_of.get(row.uuid, []), now) for row in rows]
-    return jsonify(c="OK", devices=entries)
+    entries = [serialize(row, agents.get(row.uuid, []), now) for row in page]
+    return jsonify(c="OK", devices=entries, next=cursor_after(page[-1]) if more else None)
+
+
+def page_limit(value: str | None) -> int:
+    """`?limit=`: an integer 1-200 (default 100); 400 otherwise."""
+    if value is None:
+        return PAGE_DEFAULT
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= PAGE_MAX):
+        raise ApiError(400, f"limit must be an integer from 1 to {PAGE_MAX}")
+    return int(value)
+
+
+def cursor_after(device: Device) -> str:
+    """The position after `device`: its creation time in microseconds, a dot, its uuid."""
+    micros = (device.created_at - EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{device.uuid}"
+
+
+def parse_cursor(value: str | None) -> tuple[datetime, str] | None:
+    """A `cursor_after()` value as `(created_at, uuid)`; 400 when it is not one."""
+    if value is None:
+        return None
+    micros, _, uuid = value.partition(".")
+    if not (micros.isascii() and micros.isdigit() and len(micros) <= 17) or not parse_uuid(uuid):
+        raise ApiError(400, "cursor must be the `next` of a previous page")
+    created_at = EPOCH + timedelta(microseconds=int(micros))
+    return created_at, parse_uuid(uuid)
 
 
 @bp.get("/<uuid>")

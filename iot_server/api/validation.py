@@ -15,9 +15,8 @@ from flask import request
 
 from ..errors import ApiError
 from ..identifiers import UUID_FORM, parse_uuid
+from ..models import CONTROL_CHARACTERS, is_storable
 
-#: Unicode category Cc: C0 controls, DEL and C1 controls.
-CONTROL_CHARACTERS = "\x00-\x1f\x7f-\x9f"
 _CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
 
 
@@ -99,17 +98,6 @@ def check_text(name: str, value: object, spec: Text) -> str | None:
     if spec.pattern is not None and not spec.pattern.fullmatch(value):
         raise ApiError(400, f"{name} must be {spec.form}")
     return value
-
-
-def is_storable(value: str) -> bool:
-    """True when the string has no NUL and encodes as UTF-8 (no lone surrogates)."""
-    if "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def require_uuid(value: str | None, name: str = "uuid") -> str:

@@ -72,12 +72,19 @@ class TtlCache:
 
 
 class DenialLog:
-    """Logs the first login denial of a username, then one summary per window with a count,
-    so a device retrying every second writes a line a minute rather than one per retry."""
+    """Logs the first denial of a key (a username; a refused caller), then one summary per
+    window with a count, so a client retrying every second writes a line a minute rather
+    than one per retry. `what` names the denial in the log lines ("login denied")."""
 
-    def __init__(self, window: float = DENIAL_LOG_WINDOW, max_entries: int = CACHE_MAX_ENTRIES):
+    def __init__(
+        self,
+        window: float = DENIAL_LOG_WINDOW,
+        max_entries: int = CACHE_MAX_ENTRIES,
+        what: str = "login denied",
+    ):
         self.window = window
         self.max_entries = max_entries
+        self.what = what
         self._windows: OrderedDict[str, list] = OrderedDict()  # username → [start, count]
         self._lock = threading.Lock()
         self._last_sweep = clock()
@@ -103,7 +110,8 @@ class DenialLog:
                 first = True
         for name, count, seconds in summaries:
             log.warning(
-                "login denied %d more times for %s in the last %.0f s",
+                "%s %d more times for %s in the last %.0f s",
+                self.what,
                 count,
                 name,
                 seconds,
@@ -111,7 +119,8 @@ class DenialLog:
             )
         if first:
             log.warning(
-                "login denied for %s: %s",
+                "%s for %s: %s",
+                self.what,
                 username,
                 reason,
                 extra={"username": username, "device": device, "reason": reason},
@@ -129,15 +138,19 @@ class DenialLog:
 
 
 class HookCaches:
-    """The caches of one app in one process: failed logins, verified tokens, and device
-    states: exact ones while a PostgreSQL listener runs (`states`), else short-lived ones
-    for topic checks (`devices`, HOOK_CACHE_TTL)."""
+    """The caches of one app in one process: failed logins, verified tokens, the
+    summarised logs of denied logins and refused callers, and device states: exact ones
+    while a PostgreSQL listener runs (`states`), else short-lived ones for topic checks
+    (`devices`, HOOK_CACHE_TTL)."""
 
     def __init__(self, states: DeviceStateCache, listener: Listener | None) -> None:
         self.negative = TtlCache()
         self.devices = TtlCache()
         self.tokens = TtlCache()
         self.denials = DenialLog()
+        self.refused_callers = DenialLog(what="hook caller refused")
+        #: Set once the "TRUSTED_PROXIES is probably wrong" warning has been logged.
+        self.proxy_warning_logged = threading.Event()
         self.states = states
         self.listener = listener
 

@@ -76,10 +76,17 @@ def authenticate(username: object, password: object, clientid: object) -> Decisi
     if not isinstance(username, str):
         return Decision(DENY, "malformed username")
     config = current_app.config
+    hooks = caches.hook_caches()
     if username == config["MQTT_SERVICE_USERNAME"]:
+        if not isinstance(password, str) or not password:
+            return _login_denied(username, "missing service password", None, None)
+        key = _credentials_key(username, password)
+        if hooks.negative.get(key, caches.clock()) is not None:
+            hooks.denials.denied(username, "repeated failure (negative cache)", None)
+            return Decision(DENY, "repeated failure")
         if secret_matches(password):
             return Decision(ALLOW, identity=policy.SERVICE)
-        return _login_denied(username, "wrong service password", None, None)
+        return _login_denied(username, "wrong service password", None, key)
     uuid = uuid_from_username(username)
     if uuid is None:
         return Decision(IGNORE, "not a device or service username")
@@ -90,7 +97,6 @@ def authenticate(username: object, password: object, clientid: object) -> Decisi
         return _login_denied(username, "malformed client id", uuid, None)
 
     key = _credentials_key(username, password)
-    hooks = caches.hook_caches()
     if hooks.negative.get(key, caches.clock()) is not None:
         hooks.denials.denied(username, "repeated failure (negative cache)", uuid)
         return Decision(DENY, "repeated failure")

@@ -49,6 +49,7 @@ class DeviceState:
     sessions: Mapping[str, Session]
     agents: frozenset[str]
     loaded_at: float
+    created_at: datetime | None = None
 
     def identity(self) -> policy.Identity:
         """The policy identity of this device."""
@@ -83,6 +84,7 @@ _DEVICE_SESSIONS_AND_AGENTS = (
         _D.enabled,
         _D.owner_id,
         _D.master_uuid,
+        _D.created_at,
         _S.client_id,
         _S.token_version.label("session_version"),
         _S.authenticated_at,
@@ -139,6 +141,7 @@ def device_state_from_rows(uuid: str, rows) -> DeviceState | None:
         sessions=MappingProxyType(sessions),
         agents=agents,
         loaded_at=caches.clock(),
+        created_at=device.created_at,
     )
 
 

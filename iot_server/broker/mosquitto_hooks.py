@@ -35,9 +35,10 @@ log = logging.getLogger("iot_server.hooks.mosquitto")
 @bp.before_request
 def check_caller():
     """Refuse (403, no decision) a caller without the secret from an untrusted address."""
-    if not callers.caller_allowed(request.headers.get("Authorization"), request.remote_addr):
-        metrics.count_hook_decision("mosquitto", "forbidden")
-        log.warning("caller refused (no valid secret, untrusted address)")
+    headers = request.headers
+    forwarded = callers.is_forwarded(headers)
+    if not callers.caller_allowed(headers.get("Authorization"), request.remote_addr, forwarded):
+        metrics.count_hook_decision("mosquitto", "forbidden")  # logged, summarised
         return answer("mosquitto", Decision(DENY, "hook caller not trusted"))
     return None
 
@@ -88,7 +89,8 @@ def parse_acc(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isdigit() and len(value) < 3:
+    # ASCII digits only: str.isdigit() accepts "²", which int() then refuses (a 500).
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 3:
         return int(value)
     return None
 

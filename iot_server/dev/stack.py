@@ -3,9 +3,11 @@
 Three child processes: the API (`flask run`), the embedded amqtt broker wired to the API's
 go-auth hooks (`iot_server.dev.broker`) and the pinger (`iot_server.pinger`). The database
 (`DATABASE_URL`, else the SQLite file of the instance folder) is migrated first; secrets come
-from the environment, and any that is unset is generated and printed. Each child runs in its
-own process group, so Ctrl-C reaches only this supervisor, which stops the three in order
-and leaves nothing behind.
+from the environment, and any that is unset is generated and printed. The banner ends with
+commands to paste into another shell (tests/dev/test_devstack.py runs them verbatim); with a
+wildcard `--host` devices are told this machine's LAN address. Each child runs in its own
+process group, so Ctrl-C reaches only this supervisor, which stops the three in order and
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -27,12 +29,11 @@ from pathlib import Path
 
 import click
 
-from ..config import REQUIRED_SECRETS, DevelopmentConfig, database_url
+from ..config import LOOPBACK_NETWORKS, REQUIRED_SECRETS, DevelopmentConfig, database_url
 from ..database import MIGRATIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-LOOPBACK_NETWORKS = "127.0.0.0/8,::1"
 STOP_TIMEOUT = 10.0
 START_TIMEOUT = 30.0
 
@@ -256,6 +257,7 @@ def banner(
         "iot_server development stack",
         f"  database  {make_url(database).render_as_string(hide_password=True)} (migrated)",
         f"  API       {api}",
+        f"  console   {api}/console (create an account, claim and watch devices)",
         f"  broker    mqtt://{address}:{mqtt_port} (amqtt, logins checked by the API's hooks)",
         f"  devices   are told MQTT_HOST={env['MQTT_HOST']}",
         f"  pinger    connects as {env.get('MQTT_SERVICE_USERNAME') or 'iot-server'}",

@@ -36,3 +36,16 @@ def test_metrics_count_requests_and_registrations(client):
     assert 'iot_registrations_total{result="NOT_REGISTERED"}' in text
     assert "iot_http_request_duration_seconds_bucket" in text
     assert "iot_hook_decisions_total" in text
+
+
+def test_metrics_labels_come_from_fixed_sets(client):
+    """The finding: the `method` label was the raw request method, so 400 invented methods
+    made 400 permanent series. Unknown methods and paths are counted as `other`."""
+    for i in range(20):
+        client.open("/healthz", method=f"X{i}METHOD")
+        client.get(f"/no/such/path/{i}")
+    text = client.get("/metrics").get_data(as_text=True)
+    series = [line for line in text.splitlines() if line.startswith("iot_http_requests_total{")]
+    assert not any("METHOD" in line or "/no/such" in line for line in series), series
+    assert 'iot_http_requests_total{endpoint="other",method="other",status="405"} ' in text
+    assert 'iot_http_requests_total{endpoint="other",method="GET",status="404"}' in text

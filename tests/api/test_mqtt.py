@@ -64,9 +64,9 @@ def forged(app, **claims):
         lambda app, uuid: jwt.encode(
             forged(app, sub=uuid), "not-the-key-but-long-enough-000000", algorithm="HS256"
         ),
-        # expired
+        # expired (beyond the 30 s of clock-skew leeway)
         lambda app, uuid: jwt.encode(
-            forged(app, sub=uuid, exp=int(time.time()) - 10),
+            forged(app, sub=uuid, exp=int(time.time()) - 40),
             app.config["JWT_SECRET"],
             algorithm="HS256",
         ),
@@ -136,3 +136,22 @@ def test_unregistered_device_is_forbidden(app, client, devices):
         db.session.get(Device, agent).master_uuid = None
         db.session.commit()
     assert get_mqtt(client, token).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("iat", "exp", "accepted"),
+    [
+        (2, 60, True),  # the review's finding: `iat` 2 s ahead was refused
+        (25, 60, True),
+        (45, 60, False),  # beyond the leeway
+        (-20, -10, True),  # expired 10 s ago: within the leeway
+        (-20, -40, False),
+    ],
+)
+def test_tokens_get_30_seconds_of_clock_skew_leeway(app, client, devices, iat, exp, accepted):
+    """JWT_DECODE_LEEWAY: another instance's clock may be a little ahead or behind."""
+    uuid = devices.master()
+    now = int(time.time())
+    claims = forged(app, sub=uuid, iat=now + iat, exp=now + exp)
+    token = jwt.encode(claims, app.config["JWT_SECRET"], algorithm="HS256")
+    assert get_mqtt(client, token).status_code == (200 if accepted else 403)

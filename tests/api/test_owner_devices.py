@@ -42,7 +42,7 @@ def set_last_seen(app, uuid, moment):
 def test_empty_list(client, alice):
     response = client.get("/devices", headers=alice)
     assert response.status_code == 200
-    assert response.get_json() == {"c": "OK", "devices": []}
+    assert response.get_json() == {"c": "OK", "devices": [], "next": None}
 
 
 def test_list_has_masters_and_agents_oldest_first(client, devices, alice):

@@ -99,7 +99,7 @@ def test_bad_password_is_bad_request(client, password):
     assert "password" in response.get_json()["error"]
 
 
-@pytest.mark.parametrize("password", ["x" * 12, "x" * 256, "pässwörd ☃ long enough"])
+@pytest.mark.parametrize("password", ["xy" * 6, "xy" * 128, "pässwörd ☃ long enough"])
 def test_password_bounds_are_inclusive(client, password):
     assert register(client, password=password).status_code == 201
     assert login(client, password=password).status_code == 200

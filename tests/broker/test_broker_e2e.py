@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 pytestmark = pytest.mark.slow
 
-SECRET = "test-mqtt-secret"
+SECRET = "test-mqtt-secret-0123456789abcdefghijkl"
 TIMEOUT = 5.0
 
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import new_uuid
+from conftest import MQTT_SECRET, new_uuid
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -84,8 +84,8 @@ def revoke(uuid: str) -> None:
 @pytest.mark.parametrize(
     ("authorization", "remote", "allowed"),
     [
-        ("Bearer test-mqtt-secret", "203.0.113.9", True),
-        ("bearer test-mqtt-secret", "203.0.113.9", True),
+        ("Bearer test-mqtt-secret-0123456789abcdefghijkl", "203.0.113.9", True),
+        ("bearer test-mqtt-secret-0123456789abcdefghijkl", "203.0.113.9", True),
         (None, "127.0.0.1", True),
         (None, "127.8.9.10", True),
         (None, "::1", True),
@@ -97,8 +97,8 @@ def revoke(uuid: str) -> None:
         ("Bearer wrong", "127.0.0.1", False),  # a wrong secret is refused even from loopback
         ("Bearer ", "127.0.0.1", False),
         ("Basic dGVzdDp0ZXN0", "127.0.0.1", False),
-        ("test-mqtt-secret", "127.0.0.1", False),
-        ("Bearer test-mqtt-secret-and-more", "203.0.113.9", False),
+        ("test-mqtt-secret-0123456789abcdefghijkl", "127.0.0.1", False),
+        ("Bearer test-mqtt-secret-0123456789abcdefghijkl-and-more", "203.0.113.9", False),
     ],
 )
 def test_caller_allowed(ctx, authorization, remote, allowed):
@@ -115,6 +115,41 @@ def test_trusted_networks_come_from_config(ctx):
     assert not callers.caller_allowed(None, "127.0.0.1")
     ctx.config["HOOK_TRUSTED_NETWORKS"] = ""
     assert not callers.caller_allowed(None, "127.0.0.1")
+
+
+def test_forwarded_header_less_calls_are_refused_without_trusted_proxies(ctx, caplog):
+    """Behind a same-host proxy every caller is loopback: the forwarding header gives it away.
+
+    Only the first such call logs that TRUSTED_PROXIES is probably wrong."""
+    caplog.set_level(logging.INFO, logger="iot_server.hooks")
+    assert callers.caller_allowed(None, "127.0.0.1", forwarded=False)
+    for _ in range(3):
+        assert not callers.caller_allowed(None, "127.0.0.1", forwarded=True)
+    assert callers.caller_allowed(f"Bearer {MQTT_SECRET}", "127.0.0.1", forwarded=True)
+    warnings = [r.getMessage() for r in caplog.records if "TRUSTED_PROXIES" in r.getMessage()]
+    assert len(warnings) == 1 and "probably wrong" in warnings[0]
+    ctx.config["TRUSTED_PROXIES"] = 1  # the proxy is counted: remote_addr is the origin
+    assert callers.caller_allowed(None, "127.0.0.1", forwarded=True)
+
+
+@pytest.mark.parametrize("header", callers.FORWARDING_HEADERS)
+def test_forwarding_headers_are_recognised(header):
+    assert callers.is_forwarded({header: "203.0.113.9"})
+    assert not callers.is_forwarded({"X-Other": "203.0.113.9"})
+
+
+def test_refused_callers_are_summarised_in_the_logs(ctx, clock, caplog):
+    """A broker retrying with a wrong secret writes one line, then a count per window."""
+    caplog.set_level(logging.INFO, logger="iot_server.hooks")
+    for _ in range(30):
+        assert not callers.caller_allowed("Bearer wrong", "203.0.113.9")
+        clock.advance(1)
+    clock.advance(31)
+    assert not callers.caller_allowed("Bearer wrong", "203.0.113.9")
+    messages = [r.getMessage() for r in caplog.records if r.name == "iot_server.hooks"]
+    assert len(messages) == 3, messages
+    assert messages[0].startswith("hook caller refused for 203.0.113.9")
+    assert "29 more times" in messages[1]
 
 
 def test_an_unset_secret_matches_nothing(ctx):
@@ -300,7 +335,7 @@ def test_foreign_usernames_are_ignored(ctx, name):
 
 def test_service_account(ctx):
     """The service account logs in with MQTT_SECRET_KEY only."""
-    allowed = broker_auth.authenticate("iot-server", "test-mqtt-secret", "pinger-1")
+    allowed = broker_auth.authenticate("iot-server", MQTT_SECRET, "pinger-1")
     assert allowed.result == ALLOW and allowed.identity == policy.SERVICE
     assert allowed.expire_at is None
     assert broker_auth.authenticate("iot-server", "wrong", "pinger-1").result == DENY
@@ -310,11 +345,24 @@ def test_service_account(ctx):
 def test_service_username_is_configurable(ctx):
     """MQTT_SERVICE_USERNAME names the account."""
     ctx.config["MQTT_SERVICE_USERNAME"] = "pinger"
-    assert broker_auth.authenticate("pinger", "test-mqtt-secret", "p").allowed
-    assert broker_auth.authenticate("iot-server", "test-mqtt-secret", "p").result == IGNORE
+    assert broker_auth.authenticate("pinger", MQTT_SECRET, "p").allowed
+    assert broker_auth.authenticate("iot-server", MQTT_SECRET, "p").result == IGNORE
 
 
 # ---------------------------------------------------------------- negative cache and logs
+
+
+def test_wrong_service_passwords_go_through_the_negative_cache(ctx, clock):
+    """A wrong service password is remembered like a device's bad token; the right one is
+    still accepted at once (another key)."""
+    first = broker_auth.authenticate("iot-server", "wrong-service-password", "p")
+    again = broker_auth.authenticate("iot-server", "wrong-service-password", "p")
+    assert (first.result, first.reason) == (DENY, "wrong service password")
+    assert (again.result, again.reason) == (DENY, "repeated failure")
+    assert broker_auth.authenticate("iot-server", MQTT_SECRET, "p").allowed
+    clock.advance(ctx.config["AUTH_NEGATIVE_TTL"] + 1)
+    after = broker_auth.authenticate("iot-server", "wrong-service-password", "p")
+    assert after.reason == "wrong service password"
 
 
 def test_repeated_failure_skips_the_database(ctx, devices, clock):

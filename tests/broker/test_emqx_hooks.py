@@ -15,7 +15,7 @@ from test_policy import DENY_ALL, check_emqx_rule
 from iot_server import metrics
 from iot_server.broker import emqx_hooks
 
-SECRET = "test-mqtt-secret"
+SECRET = "test-mqtt-secret-0123456789abcdefghijkl"
 UNTRUSTED = {"REMOTE_ADDR": "203.0.113.50"}
 #: EMQX's default request headers (emqx_authn_http / emqx_authz_http), plus ours.
 EMQX_HEADERS = {

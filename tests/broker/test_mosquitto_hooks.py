@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from iot_server.broker import caches
 
 GRANT = {"ok": True, "error": ""}
-SECRET = "test-mqtt-secret"
+SECRET = "test-mqtt-secret-0123456789abcdefghijkl"
 
 
 def login(client, username, password, clientid, style="go-auth"):
@@ -135,12 +135,14 @@ def test_acl_denials(client, devices, style, topic, acc, clientid):
     assert not granted(acl(client, f"device_{agent}", clientid, topic, acc, style))
 
 
-@pytest.mark.parametrize("acc", [True, "1.0", "x", None, [1], "-1"])
+@pytest.mark.parametrize("acc", [True, "1.0", "x", None, [1], "-1", "²", "١", "①", "𝟐"])
 def test_malformed_acc_denied(client, devices, acc):
-    """acc must be 1, 2, 3 or 4 (a number, or a digit string from a form)."""
+    """acc must be 1, 2, 3 or 4 (a number, or an ASCII digit string from a form). The finding:
+    `"²"` passed str.isdigit() and made int() raise, a 500 with a traceback."""
     agent = devices.agent(devices.master())
     granted(login(client, f"device_{agent}", devices.token(agent), "a"))
-    assert not granted(acl(client, f"device_{agent}", "a", f"device/{agent}/ping", acc))
+    response = acl(client, f"device_{agent}", "a", f"device/{agent}/ping", acc)
+    assert response.status_code == 403 and response.get_json()["ok"] is False
 
 
 def test_service_acl(client):

@@ -32,6 +32,7 @@ OUR_MASTER_SECRET = "a-master-secret-chosen-by-the-developer"
 def clean_env(**extra) -> dict:
     """The environment of a fresh shell: none of our variables set."""
     ours = (*SECRETS, "IOT_ENV", "DATABASE_URL", "MQTT_HOST", "MQTT_BROKER_URL")
+    ours += ("HOOK_TRUSTED_NETWORKS",)
     env = {k: v for k, v in os.environ.items() if k not in ours}
     env.update(extra)
     return env
@@ -164,7 +165,10 @@ def test_dev_stack_end_to_end(tmp_path):
             stack.kill()
             stack.wait()
         log.close()
-    assert "Traceback" not in (tmp_path / "stack.log").read_text()
+    logged = (tmp_path / "stack.log").read_text()
+    assert "Traceback" not in logged
+    # No alembic chatter at start ("setup plugin …", "Context impl …", "Running upgrade …").
+    assert "alembic" not in logged and "setup plugin" not in logged, logged
 
 
 @pytest.mark.parametrize("taken", ["--port", "--mqtt-port"])
@@ -182,6 +186,17 @@ def test_taken_port_is_one_line_naming_the_option(tmp_path, taken):
     assert len(lines) == 1, result.stderr
     assert f"port {ports[taken]} is in use" in lines[0]
     assert f"pass {taken}" in lines[0]
+
+
+def test_dev_stack_trusts_loopback_hook_callers_only_when_unset():
+    """Production trusts no network by default; `flask dev`'s amqtt calls from loopback."""
+    from iot_server.config import LOOPBACK_NETWORKS
+    from iot_server.dev.stack import stack_environment
+
+    env, _ = stack_environment("127.0.0.1", 5000, 1883, clean_env())
+    assert env["HOOK_TRUSTED_NETWORKS"] == LOOPBACK_NETWORKS
+    env, _ = stack_environment("127.0.0.1", 5000, 1883, clean_env(HOOK_TRUSTED_NETWORKS="::1"))
+    assert env["HOOK_TRUSTED_NETWORKS"] == "::1"
 
 
 # ---------------------------------------------------------------- walkthroughs, verbatim

@@ -4,8 +4,8 @@ A device may hold several sessions under different client ids (SPEC.md, "Session
 hooks remember up to 16 per device, each with the token version it logged in with. The one
 client id each device had is carried over, so live sessions survive the upgrade.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-28 10:00:00.000000
 
 """
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = '0002'
-down_revision = '0001'
+revision = '0004'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 

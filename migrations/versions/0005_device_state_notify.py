@@ -7,8 +7,8 @@ lists its agents), or its remembered sessions, so every process's device-state c
 A session refresh (only `authenticated_at` moves) announces nothing. SQLite has no NOTIFY:
 nothing to do there.
 
-Revision ID: 0004
-Revises: 0002
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-28 21:00:00.000000
 
 """
@@ -16,8 +16,8 @@ from alembic import op
 
 
 # revision identifiers, used by Alembic.
-revision = '0004'
-down_revision = '0002'
+revision = '0005'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
