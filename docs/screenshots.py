@@ -26,7 +26,7 @@ from werkzeug.serving import make_server  # noqa: E402
 
 from iot_server import create_app, owners  # noqa: E402
 from iot_server.extensions import db  # noqa: E402
-from iot_server.models import AGENT, MASTER, Device, utcnow  # noqa: E402
+from iot_server.models import AGENT, MASTER, Device, DeviceSession, utcnow  # noqa: E402
 
 #: (name, seconds since last seen or None, agents as (name, seconds)).
 FLEET = [
@@ -53,9 +53,14 @@ def seed(app) -> str:
                 owner_id=owner.id,
                 created_at=now - timedelta(days=30 - offset),
                 last_seen_at=now - timedelta(seconds=seen) if seen is not None else None,
-                mqtt_client_id=f"esp8266-{offset:04x}" if seen is not None else None,
             )
             db.session.add(master)
+            if seen is not None:
+                db.session.flush()
+                client_id = f"esp8266-{offset:04x}"
+                db.session.add(
+                    DeviceSession(device_uuid=master.uuid, client_id=client_id, token_version=1)
+                )
             for index, (agent_name, agent_seen) in enumerate(agents):
                 db.session.add(
                     Device(

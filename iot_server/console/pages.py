@@ -319,6 +319,7 @@ def device_page(uuid: str):
         device=device,
         agents=agents,
         topics=policy.device_topics(identity),
+        sessions=devices.session_client_ids(device),
         online={d.uuid for d in [device, *agents] if devices.seen_recently(d.last_seen_at, now)},
         now=now,
         poll_ms=PRESENCE_POLL_MS,

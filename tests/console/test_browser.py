@@ -283,7 +283,8 @@ def test_the_keyboard_alone_reaches_everything(pages, devices):
     devices.owner("alice", PASSWORD)
     page = pages.open()
     page.goto("/console/sign-in")
-    page.keyboard.type("alice")  # Username has the focus
+    expect(page.get_by_label("Username")).to_be_focused()  # autofocus, no click
+    page.keyboard.type("alice")
     page.keyboard.press("Tab")
     page.keyboard.type(PASSWORD)
     page.keyboard.press("Enter")

@@ -850,16 +850,15 @@ def test_another_owners_device_is_404_everywhere(console, devices, app):
 def test_device_page_shows_every_field_topics_and_sketch_settings(console, devices, app):
     master = devices.master(owner="alice")
     agent = devices.agent(master)
-    with app.app_context():
-        db.session.get(Device, master).mqtt_client_id = "esp-client-1"
-        db.session.commit()
+    devices.remember_session(master, "esp-client-1")
+    devices.remember_session(master, "laptop-debug")
     console.sign_in_as("alice")
     text = console.page(f"/console/devices/{master}")
     for field in ("UUID", "Kind", "Name", "Last seen", "Owner", "Agents",
-                  "Registered", "Enabled", "Token version", "MQTT client id", "Created",
+                  "Registered", "Enabled", "Token version", "MQTT sessions", "Created",
                   "Updated"):  # fmt: skip
         assert f"<dt>{field}</dt>" in text, field
-    assert "esp-client-1" in text
+    assert "<code>esp-client-1</code>" in text and "<code>laptop-debug</code>" in text
     for topic in (f"device/{master}/ping", f"device/{master}/data", f"device/{agent}/master"):
         assert f"<code>{topic}</code>" in text
     assert 'config.serverUrl = "http://localhost";' in text
