@@ -145,6 +145,10 @@ class DeviceStateCache:
         return len(self._entries)
 
 
+#: How long the listener waits for its own test notification before it gives up.
+SELF_TEST_SECONDS = 5.0
+
+
 def listen_url(url: URL) -> str | None:
     """The libpq URL of the app's PostgreSQL database, or None for any other database."""
     if url.get_backend_name() != "postgresql":
@@ -227,6 +231,32 @@ class Listener:
             while (notify := pgconn.notifies()) is not None:
                 cache.drop(filter(None, notify.extra.decode().split(",")))
 
+    def _hear_itself(self, conn) -> None:
+        """Send a notification and wait for it to come back: a session hears its own, unless
+        something between us and PostgreSQL (a transaction-mode pooler) does not pass them
+        on, in which case no change would ever arrive either: never trust."""
+        token = f"self-test-{os.urandom(8).hex()}"
+        heard = threading.Event()
+
+        def hear(notify) -> None:  # psycopg hands over what arrives during a query
+            if notify.payload == token:
+                heard.set()
+
+        conn.add_notify_handler(hear)
+        try:
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, token))
+            pgconn, deadline = conn.pgconn, time.monotonic() + SELF_TEST_SECONDS
+            while not heard.is_set() and time.monotonic() < deadline:
+                select.select([pgconn.socket], [], [], 0.1)
+                pgconn.consume_input()
+                while (notify := pgconn.notifies()) is not None:
+                    if notify.extra.decode() == token:
+                        heard.set()
+        finally:
+            conn.remove_notify_handler(hear)
+        if not heard.is_set():
+            raise RuntimeError("its own notification never came back (a transaction pooler?)")
+
     def _lost(self, conn) -> None:
         """The connection failed: the cache is not trusted until the thread listens again."""
         with self._drain_lock:
@@ -280,6 +310,7 @@ class Listener:
             if found != len(TRIGGERS):
                 # Without the triggers no change would ever be announced: never trust.
                 raise RuntimeError("the notify triggers are missing (run flask db upgrade)")
+            self._hear_itself(conn)
             cache = self._cache()
             if cache is None:
                 return
