@@ -329,7 +329,7 @@ def prepare_database(url: str | None, tmp: Path, uuids: list[str]) -> str:
         db.drop_all()
         db.session.execute(text("DROP TABLE IF EXISTS alembic_version"))
         db.session.commit()
-        upgrade(directory=str(ROOT / "migrations"))
+        upgrade(directory=str(ROOT / "migrations"), x_arg=["quiet=1"])
         rows = [{"uuid": u, "kind": "master", "token_version": 1, "enabled": True} for u in uuids]
         for i in range(0, len(rows), 10_000):
             db.session.execute(Device.__table__.insert(), rows[i : i + 10_000])

@@ -65,6 +65,26 @@ class Limiter(flask_limiter.Limiter):
             return
         super()._check_request_limit(callable_name, in_middleware)
 
+    def init_app(self, app) -> None:
+        """flask-limiter's, with its per-response header work skipped for unlimited
+        blueprints as well (it registers a partial of itself as an after_request)."""
+        super().init_app(app)
+        handlers = app.after_request_funcs.setdefault(None, [])
+        for index, handler in enumerate(handlers):
+            if getattr(handler, "args", ())[:1] == (self,):
+                handlers[index] = _unless_unlimited(handler)
+
+
+def _unless_unlimited(after_request):
+    """`after_request`, skipped for requests no limit applies to."""
+
+    def limited_only(response):
+        if request.blueprint in UNLIMITED_BLUEPRINTS:
+            return response
+        return after_request(response)
+
+    return limited_only
+
 
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 
 from flask import Flask, current_app
@@ -143,10 +144,14 @@ class HookCaches:
     while a PostgreSQL listener runs (`states`), else short-lived ones for topic checks
     (`devices`, HOOK_CACHE_TTL)."""
 
-    def __init__(self, states: DeviceStateCache, listener: Listener | None) -> None:
+    def __init__(
+        self, states: DeviceStateCache, listener: Listener | None, tokens: int = CACHE_MAX_ENTRIES
+    ) -> None:
         self.negative = TtlCache()
         self.devices = TtlCache()
-        self.tokens = TtlCache()
+        # As many verified tokens as device states: a reconnect storm of a fleet the size of
+        # the state cache then decodes no JWT twice.
+        self.tokens = TtlCache(max(tokens, CACHE_MAX_ENTRIES))
         self.denials = DenialLog()
         self.refused_callers = DenialLog(what="hook caller refused")
         #: Set once the "TRUSTED_PROXIES is probably wrong" warning has been logged.
@@ -179,8 +184,27 @@ def init_app(app: Flask) -> None:
         config["DEVICE_CACHE_TTL"], config["DEVICE_CACHE_SIZE"], clock=lambda: clock()
     )
     url = listen_url(make_url(config["SQLALCHEMY_DATABASE_URI"]))
-    listener = Listener(states, url) if url and config["DEVICE_CACHE_SIZE"] > 0 else None
-    app.extensions[EXTENSION_KEY] = HookCaches(states, listener)
+    listener = None
+    if url and config["DEVICE_CACHE_SIZE"] > 0:
+        listener = Listener(states, url, warm=recent_states_of(app, config["DEVICE_CACHE_SIZE"]))
+    app.extensions[EXTENSION_KEY] = HookCaches(states, listener, config["DEVICE_CACHE_SIZE"])
+
+
+def recent_states_of(app: Flask, limit: int):
+    """What the listener fills the cache with once it listens: the `limit` most recently
+    heard registered devices of the app's database (the app held weakly: tests build many)."""
+    app_ref = weakref.ref(app)
+
+    def recent_states() -> list:
+        from .device_state import load_recent_states
+
+        app = app_ref()
+        if app is None:
+            return []
+        with app.app_context():
+            return load_recent_states(limit)
+
+    return recent_states
 
 
 def hook_caches() -> HookCaches:

@@ -102,7 +102,7 @@ def authenticate(username: object, password: object, clientid: object) -> Decisi
         return Decision(DENY, "repeated failure")
 
     try:
-        claims = verified_device_claims(password, key)
+        claims = verified_device_claims(password, key, hooks)
     except tokens.InvalidToken as exc:
         return _login_denied(username, f"invalid token ({exc})", uuid, key)
     if claims["sub"] != uuid:
@@ -133,7 +133,7 @@ def authenticate(username: object, password: object, clientid: object) -> Decisi
         exact.put(uuid, device, ticket)
     else:
         hooks.devices.put(uuid, device, device.loaded_at + config["HOOK_CACHE_TTL"])
-    return Decision(ALLOW, identity=device.identity(), expire_at=int(claims["exp"]))
+    return Decision(ALLOW, identity=device.identity, expire_at=int(claims["exp"]))
 
 
 def current_state(uuid: str, exact: DeviceStateCache | None) -> tuple[DeviceState | None, int]:
@@ -165,10 +165,9 @@ def is_storable_client_id(clientid: object) -> bool:
     return "\0" not in clientid
 
 
-def verified_device_claims(token: str, key: bytes) -> dict:
+def verified_device_claims(token: str, key: bytes, hooks: caches.HookCaches) -> dict:
     """`tokens.verify(token, DEVICE)`, remembered per (username, token) until the token
     expires: a device reconnecting with the same token skips the JWT decoding."""
-    hooks = caches.hook_caches()
     now = caches.clock()
     claims = hooks.tokens.get(key, now)
     if claims is not None and claims["exp"] > time.time():
@@ -254,7 +253,7 @@ def _decide_device(
     refusal = session_refusal(device, clientid)
     if refusal:
         return Decision(DENY, refusal)
-    return _decide_topic(device.identity(), actions, topic)
+    return _decide_topic(device.identity, actions, topic)
 
 
 def _decide_topic(identity: policy.Identity, actions: tuple[str, ...], topic: object) -> Decision:

@@ -170,13 +170,17 @@ class Listener:
     cache only through a weak reference.
     """
 
-    def __init__(self, cache: DeviceStateCache, url: str) -> None:
+    def __init__(
+        self, cache: DeviceStateCache, url: str, warm: Callable[[], list] | None = None
+    ) -> None:
         self._cache = weakref.ref(cache)
         self._url = url
+        self._warm = warm
         self._pid: int | None = None
         self._start_lock = threading.Lock()
         self._drain_lock = threading.Lock()
         self._conn = None  # psycopg.Connection while listening
+        self._poller = None  # select.poll() on its socket: one cheap syscall a request
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -188,7 +192,8 @@ class Listener:
             if self._pid == os.getpid():
                 return
             self._pid = os.getpid()
-            self._conn = None  # a forked child must not touch its parent's connection
+            # A forked child must not touch its parent's connection.
+            self._conn = self._poller = None
             self.stopping.clear()
             cache = self._cache()
             if cache is not None:
@@ -199,12 +204,12 @@ class Listener:
     def drain_arrived(self) -> None:
         """Handle the notifications that have already reached this process (a request thread,
         before it reads the cache). A broken connection makes the cache untrusted at once."""
-        conn = self._conn
-        if conn is None:
+        conn, poller = self._conn, self._poller
+        if conn is None or poller is None:
             return
         try:
-            ready = select.select([conn.pgconn.socket], [], [], 0)[0]
-        except Exception:  # closed under us (OSError, psycopg's own): let _drain say so
+            ready = poller.poll(0)
+        except Exception:  # closed under us: let _drain find out and say so
             ready = True
         if ready:
             try:
@@ -230,6 +235,22 @@ class Listener:
             pgconn.consume_input()
             while (notify := pgconn.notifies()) is not None:
                 cache.drop(filter(None, notify.extra.decode().split(",")))
+
+    def _fill(self, cache: DeviceStateCache) -> None:
+        """Load the most recently heard devices into the (empty) cache in one go, so the
+        reconnect storm after a restart finds them there. A change announced while they
+        load is drained by request threads meanwhile, and its device is not kept."""
+        if self._warm is None:
+            return
+        ticket = cache.begin_read()
+        try:
+            states = self._warm()
+        except Exception as exc:  # the cache still works, it just starts empty
+            log.warning("device-state cache not filled: %s", type(exc).__name__)
+            return
+        for state in states:
+            cache.put(state.uuid, state, ticket)
+        log.info("device-state cache filled with %d devices", len(states))
 
     def _hear_itself(self, conn) -> None:
         """Send a notification and wait for it to come back: a session hears its own, unless
@@ -261,7 +282,7 @@ class Listener:
         """The connection failed: the cache is not trusted until the thread listens again."""
         with self._drain_lock:
             if conn is self._conn:
-                self._conn = None
+                self._conn = self._poller = None
                 cache = self._cache()
                 if cache is not None:
                     cache.set_listening(False)
@@ -314,11 +335,14 @@ class Listener:
             cache = self._cache()
             if cache is None:
                 return
+            poller = select.poll()
+            poller.register(conn.pgconn.socket, select.POLLIN)
             with self._drain_lock:
-                self._conn = conn
+                self._conn, self._poller = conn, poller
                 cache.set_listening(True)
-            del cache
             log.info("device-state listener: listening")
+            self._fill(cache)
+            del cache
             while not self.stopping.is_set() and self._cache() is not None:
                 if self._conn is not conn:
                     raise ConnectionError("a request thread found the connection broken")

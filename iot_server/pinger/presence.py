@@ -58,6 +58,8 @@ class Presence:
     def seen(self, uuid: str, now: float) -> None:
         """The device sent a PING or a PONG at `now`: it is online, its misses are forgiven."""
         self._recent[uuid] = now
+        if len(self._recent) >= RECENT_BATCH:
+            self._apply_recent()
 
     def heard_elsewhere(self, uuid: str, at: float) -> None:
         """Another replica heard the device at `at`: counts as seen unless heard later here."""
@@ -96,6 +98,10 @@ class Presence:
         self._apply_recent()
         self._db.execute("UPDATE presence SET last = ?", (now,))
 
+
+#: Notes `seen()` keeps before writing them in one statement: big enough to make the
+#: statement cheap per device, small enough that the batch never weighs on memory.
+RECENT_BATCH = 256
 
 _UPSERT = (
     "INSERT INTO presence (key, last) VALUES (?, ?)"

@@ -119,6 +119,8 @@ def cached_login(app, cache, uuid, token, clientid="esp"):
     records the session, and that write's own notification drops the entry once)."""
 
     def served_from_cache() -> bool:
+        assert login(app, uuid, token, clientid).allowed
+        time.sleep(0.05)  # the notification of a session it recorded has come and gone
         hits = cache.hits
         return login(app, uuid, token, clientid).allowed and cache.hits > hits
 
@@ -296,3 +298,18 @@ def test_concurrent_logins_and_revokes_never_allow_a_revoked_token(pg_app, datab
             thread.join()
     # An old token may pass only inside the notification's delivery: milliseconds.
     assert all(delay < 0.1 for delay in allowed_after), sorted(allowed_after)[-5:]
+
+
+def test_the_cache_fills_itself_once_it_listens(pg_app, devices):
+    """After a (re)start the most recently heard registered devices are loaded in one go,
+    so the reconnect storm finds them: the first login sends no query."""
+    master = devices.master()
+    agent = devices.agent(master)
+    devices.remember_session(master, "esp")
+    token = devices.token(master)
+    cache = trusted_cache(pg_app)
+    assert wait_until(lambda: master in cache._entries and agent in cache._entries, 5)
+    assert cache._entries[master][1].agents == frozenset({agent})
+    statements = count_statements(pg_app)
+    assert login(pg_app, master, token, "esp").allowed
+    assert statements == []
