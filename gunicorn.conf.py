@@ -39,10 +39,10 @@ forwarded_allow_ips = "*" if _config.TRUSTED_PROXIES else "127.0.0.1"
 # would take it from each other, and nothing here uses it.
 control_socket_disable = True
 
-# The access log as the same JSON lines as the app (python-json-logger), and the app's
-# own logging configuration, so every line is written once, in one format.
+# The access log as JSON lines like the app's (AccessLogger writes only our fields), and
+# the app's own logging configuration, so every line is written once, in one format.
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(L)s'
+logger_class = "iot_server.gunicorn_worker.AccessLogger"
 logconfig_dict = logging_config(_config.LOG_FORMAT, _config.DEBUG_LOGS)
 
 

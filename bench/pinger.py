@@ -219,6 +219,12 @@ def run_devices(target, groups: list[list[str]], **kwargs) -> list[dict]:
 # ---------------------------------------------------------------- servers under test
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def echo_server(port: int) -> None:
     """The ceiling: a bare paho client answering every PING (same paho settings as the
     pinger, none of its parsing, presence or database work)."""
@@ -301,8 +307,7 @@ class PingerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the pinger has used so far (Linux /proc), seconds."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.process.pid)
 
     def stop(self) -> int:
         self.process.terminate()
@@ -324,7 +329,7 @@ def prepare_database(url: str | None, tmp: Path, uuids: list[str]) -> str:
         db.drop_all()
         db.session.execute(text("DROP TABLE IF EXISTS alembic_version"))
         db.session.commit()
-        upgrade(directory=str(ROOT / "migrations"))
+        upgrade(directory=str(ROOT / "migrations"), x_arg=["quiet=1"])
         rows = [{"uuid": u, "kind": "master", "token_version": 1, "enabled": True} for u in uuids]
         for i in range(0, len(rows), 10_000):
             db.session.execute(Device.__table__.insert(), rows[i : i + 10_000])
@@ -397,7 +402,13 @@ def main() -> None:
             echo = mp.get_context("spawn").Process(target=echo_server, args=(port,), daemon=True)
             echo.start()
             time.sleep(1)
+            cpu_before = process_cpu_seconds(echo.pid)
             report["echo"] = summarise(run_devices(closed_loop, groups, **load), args.duration)
+            # CPU per PING is steadier than PONG/s on a busy machine: it does not depend on
+            # how much of the machine the process was given.
+            echo_cpu = process_cpu_seconds(echo.pid) - cpu_before
+            echo_pings = report["echo"]["pongs_per_s"] * args.duration
+            report["echo"]["pings_per_cpu_s"] = echo_pings / echo_cpu if echo_cpu else None
             echo.terminate()
             echo.join()
 
@@ -475,6 +486,11 @@ def main() -> None:
     if "pinger" in report and "echo" in report:
         ratio = report["pinger"]["pongs_per_s"] / report["echo"]["pongs_per_s"]
         report["ratio_to_echo"] = ratio
+        echo_efficiency = report["echo"].get("pings_per_cpu_s")
+        if echo_efficiency and report["pinger"].get("pings_per_pinger_cpu_s"):
+            report["cpu_efficiency_ratio_to_echo"] = (
+                report["pinger"]["pings_per_pinger_cpu_s"] / echo_efficiency
+            )
     print(json.dumps(report, indent=2, default=lambda x: round(x, 2)))
 
 

@@ -68,9 +68,11 @@ class Config:
         self.LOG_FORMAT = env_str("LOG_FORMAT", self.default_log_format())
 
         self.SQLALCHEMY_DATABASE_URI = database_url(env_str("DATABASE_URL"))
-        # pre_ping replaces connections that died while the database was away,
-        # so the first request after an outage succeeds instead of failing once more.
-        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+        # No pre-ping: it costs a round trip before every checkout (a login would make two).
+        # Connections are replaced after DATABASE_POOL_RECYCLE seconds instead (before a
+        # server or NAT drops them idle), and a read that still meets a dead one is retried
+        # once (errors.retry_read, broker.device_state).
+        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_recycle": env_int("DATABASE_POOL_RECYCLE", 300)}
         # Connections per process (PostgreSQL): instances × workers × (pool + overflow)
         # must stay under the server's max_connections (docs/scaling.md).
         self.DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 5)
@@ -105,6 +107,10 @@ class Config:
         self.EMQX_API_SECRET = env_str("EMQX_API_SECRET")
         self.AUTH_NEGATIVE_TTL = env_int("AUTH_NEGATIVE_TTL", 5)
         self.HOOK_CACHE_TTL = env_int("HOOK_CACHE_TTL", 2)
+        # The exact device-state cache (PostgreSQL LISTEN/NOTIFY, broker/state_cache.py):
+        # a safety TTL in seconds and a size bound per process; 0 entries turns it off.
+        self.DEVICE_CACHE_TTL = env_int("DEVICE_CACHE_TTL", 300)
+        self.DEVICE_CACHE_SIZE = env_int("DEVICE_CACHE_SIZE", 20_000)
 
         # The pinger's heartbeat file, and how old it may get before the pinger is
         # unhealthy (docs/deployment.md, "Health checks"). Unset: no heartbeat.
@@ -178,6 +184,9 @@ class TestingConfig(DevelopmentConfig):
         self.TRUSTED_PROXIES = 0
         self.HOOK_TRUSTED_NETWORKS = LOOPBACK_NETWORKS
         self.EMQX_API_URL = self.EMQX_API_KEY = self.EMQX_API_SECRET = None
+        # In-process tests change rows and ask at once; the exact cache is asynchronous by
+        # a notification's delivery, so the tests that exercise it turn it on themselves.
+        self.DEVICE_CACHE_SIZE = 0
         self.PINGER_HEALTH_FILE = None
         self.LOG_FORMAT = "text"
 

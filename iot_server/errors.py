@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
@@ -55,6 +55,8 @@ CODE_BY_STATUS = {
     431: TOO_LARGE,  # headers over gunicorn's limit
 }
 
+#: Methods whose requests only read, so a stale connection may be retried once.
+IDEMPOTENT_METHODS = ("GET", "HEAD")
 #: Exceptions that mean "the database is unreachable", as opposed to a bug in a query.
 DATABASE_OUTAGE = (OperationalError, PoolTimeoutError)
 
@@ -123,9 +125,33 @@ def discard_session(exc: BaseException | None = None) -> None:
         db.session.registry.clear()
 
 
+def is_stale_connection(exc: BaseException) -> bool:
+    """A pooled connection found dead when first used again (the server restarted, or an
+    idle connection was dropped): SQLAlchemy has invalidated it and the pool around it."""
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def retry_read(exc: Exception) -> Response | None:
+    """Run a GET or HEAD once more after a stale connection: safe for a read, and with no
+    round trip before every checkout (no pre-ping) this is how a restart costs nothing."""
+    if not is_stale_connection(exc) or request.method not in IDEMPOTENT_METHODS:
+        return None
+    if g.get("database_retried"):
+        return None
+    g.database_retried = True
+    log.info("stale database connection: running the read once more")
+    try:
+        return current_app.make_response(current_app.dispatch_request())
+    except Exception as again:  # the retry's own failure takes the usual path
+        return current_app.make_response(current_app.handle_user_exception(again))
+
+
 def handle_unexpected(exc: Exception) -> Response:
     """Anything else: roll back, log the trace server-side, answer 503 or 500."""
     discard_session()
+    retried = retry_read(exc)
+    if retried is not None:
+        return retried
     if is_database_outage(exc):
         log.error("database unavailable: %s", type(exc).__name__)
         return error_response(503, "database unavailable")

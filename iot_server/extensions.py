@@ -2,9 +2,10 @@
 
 import ipaddress
 
+import flask_limiter
 from flask import current_app, request
 from flask_jwt_extended import JWTManager
-from flask_limiter import Limit, Limiter
+from flask_limiter import Limit
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase
@@ -39,6 +40,50 @@ def rate_limit_key(address: str | None) -> str:
 def default_rate_limit() -> str:
     """`RATELIMIT_DEFAULT`, read per request so every app uses its own config."""
     return current_app.config["RATELIMIT_DEFAULT"]
+
+
+#: Blueprints no rate limit applies to (SPEC.md: the broker hooks and health), by name.
+UNLIMITED_BLUEPRINTS: set[str] = set()
+
+
+def exempt_from_rate_limits(blueprint):
+    """Mark a blueprint as never rate limited (call at its definition, like a decorator)."""
+    UNLIMITED_BLUEPRINTS.add(blueprint.name)
+    return blueprint
+
+
+class Limiter(flask_limiter.Limiter):
+    """flask-limiter, skipping its per-request check outright for unlimited blueprints.
+
+    Its own exemption handling still resolves every limit, exemption scope and meta limit
+    of the request first, which costs more than the whole /healthz view: the broker hooks
+    and the health probes, which have no limits, pay nothing for the limiter.
+    """
+
+    def _check_request_limit(self, callable_name=None, in_middleware=True) -> None:
+        if in_middleware and request.blueprint in UNLIMITED_BLUEPRINTS:
+            return
+        super()._check_request_limit(callable_name, in_middleware)
+
+    def init_app(self, app) -> None:
+        """flask-limiter's, with its per-response header work skipped for unlimited
+        blueprints as well (it registers a partial of itself as an after_request)."""
+        super().init_app(app)
+        handlers = app.after_request_funcs.setdefault(None, [])
+        for index, handler in enumerate(handlers):
+            if getattr(handler, "args", ())[:1] == (self,):
+                handlers[index] = _unless_unlimited(handler)
+
+
+def _unless_unlimited(after_request):
+    """`after_request`, skipped for requests no limit applies to."""
+
+    def limited_only(response):
+        if request.blueprint in UNLIMITED_BLUEPRINTS:
+            return response
+        return after_request(response)
+
+    return limited_only
 
 
 db = SQLAlchemy(model_class=Base)

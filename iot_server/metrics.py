@@ -37,6 +37,19 @@ HOOK_DECISIONS = Counter(
 REGISTRATIONS = Counter(
     "iot_registrations_total", "Device token requests by result code", ["result"]
 )
+DEVICE_STATES = Counter(
+    "iot_device_state_reads_total",
+    "Device states the hooks needed, by source: the exact cache (hit), the database after a "
+    "miss (miss), or the database while the cache is not trusted (uncached)",
+    ["source"],
+)
+#: Children bound once: a hook's hot path only increments.
+_STATE_SOURCES = {name: DEVICE_STATES.labels(name) for name in ("hit", "miss", "uncached")}
+
+
+def count_device_state(source: str) -> None:
+    """Count where a hook's device state came from (hit, miss, uncached)."""
+    _STATE_SOURCES[source].inc()
 
 
 def count_hook_decision(hook: str, result: str) -> None:
@@ -76,10 +89,23 @@ def record_request(response):
     endpoint = request.url_rule.rule if request.url_rule else OTHER
     method = request.method if request.method in METHODS else OTHER
     status = response.status_code
-    HTTP_REQUESTS.labels(endpoint, method, str(status) if 100 <= status < 600 else OTHER).inc()
+    key = (endpoint, method, str(status) if 100 <= status < 600 else OTHER)
+    counter = _REQUEST_COUNTERS.get(key)
+    if counter is None:  # bounded: the labels come from fixed sets
+        counter = _REQUEST_COUNTERS[key] = HTTP_REQUESTS.labels(*key)
+    counter.inc()
     if started is not None:
-        HTTP_LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+        timer = _LATENCY_TIMERS.get(endpoint)
+        if timer is None:
+            timer = _LATENCY_TIMERS[endpoint] = HTTP_LATENCY.labels(endpoint)
+        timer.observe(time.perf_counter() - started)
     return response
+
+
+#: Children of the request metrics, bound once per label set (labels() takes a lock and
+#: builds a key at every call; a hook request is short enough for that to show).
+_REQUEST_COUNTERS: dict[tuple[str, str, str], Counter] = {}
+_LATENCY_TIMERS: dict[str, Histogram] = {}
 
 
 def init_app(app: Flask) -> None:

@@ -741,10 +741,7 @@ def proxied_postgres(postgres_url):
     app = create_app(
         {
             "SQLALCHEMY_DATABASE_URI": url.set(port=proxy.port).render_as_string(False),
-            "SQLALCHEMY_ENGINE_OPTIONS": {
-                "pool_pre_ping": True,
-                "connect_args": {"connect_timeout": 2},
-            },
+            "SQLALCHEMY_ENGINE_OPTIONS": {"connect_args": {"connect_timeout": 2}},
         }
     )
     with app.app_context():

@@ -343,6 +343,8 @@ def test_gunicorn_serves_json_logs_and_metrics_of_all_workers(start_gunicorn):
     records = server.records()
     access = [r for r in records if r.get("logger") == "access"]
     assert any(r["path"] == "/healthz" and r["request_id"] == "req-42" for r in access)
+    fields = {"time", "remote", "method", "path", "status", "duration_ms", "bytes"}
+    assert all(fields <= r.keys() and isinstance(r["status"], int) for r in access), access[:2]
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
     assert MASTER_SECRET not in server.output()
 

@@ -5,6 +5,7 @@ from conftest import MASTER_SECRET, new_uuid
 from flask import Flask
 
 from iot_server import create_app
+from iot_server.extensions import db
 
 
 def assert_json_error(response, status, code):
@@ -97,3 +98,43 @@ def test_create_app_refuses_equal_registration_secrets(database):
 def test_factory_returns_flask_app(app):
     assert isinstance(app, Flask)
     assert app.config["MAX_CONTENT_LENGTH"] == 64 * 1024
+
+
+def test_a_restart_between_requests_costs_no_failed_read(proxied_postgres):
+    """No pre-ping round trip: a pooled connection that died while idle (the server
+    restarted) is found dead on use, and a read is run once more on a fresh one."""
+    app, proxy = proxied_postgres
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {MASTER_SECRET}"}
+    with app.app_context():
+        assert not db.engine.pool._pre_ping  # the point of the exercise
+    for restart in range(3):
+        # Warm the pool, then drop every connection while nothing runs, as a restart does.
+        assert client.get("/readyz").status_code == 200
+        proxy.cut()
+        proxy.start()
+        response = client.get(
+            f"/auth/devices/request?uuid={new_uuid()}",
+            headers=headers,
+            environ_base={"REMOTE_ADDR": f"10.9.8.{restart + 1}"},
+        )
+        assert response.status_code == 401, response.get_json()
+        proxy.cut()
+        proxy.start()
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_write_is_never_retried(proxied_postgres, devices):
+    """Only GET and HEAD are read again: a POST that meets a dead connection answers 503."""
+    app, proxy = proxied_postgres
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 200
+    proxy.cut()
+    proxy.start()
+    response = client.post(
+        "/auth/users/login",
+        json={"username": "nobody-here", "password": "x" * 12},
+        environ_base={"REMOTE_ADDR": "10.9.7.1"},
+    )
+    assert_json_error(response, 503, "ERROR")
+    assert client.get("/readyz").status_code == 200

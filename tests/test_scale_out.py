@@ -43,7 +43,7 @@ from conftest import (
     server_env,
 )
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import create_engine, select, update
+from sqlalchemy import create_engine, select, text, update
 
 from iot_server import create_app, tokens
 from iot_server.broker import decisions as broker_auth
@@ -671,3 +671,73 @@ def test_replicas_do_not_ping_a_device_another_one_hears(in_process_replicas, de
     after = log.server_pings[0] - silent
     report(f"silent device PINGed {after:.2f} s after its last PING; {skipped} re-PINGs skipped")
     assert after >= interval * 0.8
+
+
+# ---------------------------------------------------------------- the exact state cache
+
+
+def listener_count(server: GunicornServer) -> int:
+    """How many times the instance's workers have started listening for device changes."""
+    return sum(r.get("message") == "device-state listener: listening" for r in server.records())
+
+
+def state_reads(server: GunicornServer) -> dict[str, float]:
+    """`iot_device_state_reads_total` by source, summed over the instance's workers."""
+    found = {}
+    for line in requests.get(server.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("iot_device_state_reads_total{"):
+            source = line.split('source="', 1)[1].split('"', 1)[0]
+            found[source] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def kill_listeners(database_url: str) -> int:
+    """Terminate every device-state listener's PostgreSQL connection (all instances)."""
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        killed = conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name"
+                " = 'iot-state-listener' AND datname = current_database()"
+            )
+        ).all()
+    engine.dispose()
+    return len(killed)
+
+
+def test_a_revoke_on_one_instance_is_denied_by_the_other_at_once(instances, fleet, server_database):
+    """Logins on B are served from its workers' caches (no database round trip); a revoke
+    committed through A reaches them by NOTIFY, so B's very next login with the old token
+    is denied. Then the listeners' connections are killed: B reads the database until they
+    are back, and a revoke made meanwhile is denied at once all the same."""
+    a, b = instances
+    uuid = fleet.master()
+    delays = []
+    before = state_reads(b)
+    for _ in range(10):
+        token = fleet.token(uuid)
+        for _ in range(6):  # fresh connections: the kernel spreads them over B's workers
+            assert emqx_authn(b, uuid, token, "esp") == "allow"
+        assert owner_call(a, "POST", f"/devices/{uuid}/revoke", fleet).status_code == 200
+        revoked = time.monotonic()
+        assert emqx_authn(b, uuid, token, "esp") == "deny"
+        delays.append(time.monotonic() - revoked)
+    report(f"revoke on A, next login on B denied after {max(delays) * 1000:.1f} ms at most")
+    after = state_reads(b)
+    hits = after.get("hit", 0) - before.get("hit", 0)
+    assert hits >= 10, (before, after)  # most of the 60 allowed logins came from the cache
+
+    listening = listener_count(b)
+    assert listening >= 1
+    token = fleet.token(uuid)
+    for _ in range(6):
+        assert emqx_authn(b, uuid, token, "esp") == "allow"
+    assert kill_listeners(server_database) >= 1
+    assert owner_call(a, "POST", f"/devices/{uuid}/revoke", fleet).status_code == 200
+    for _ in range(6):
+        assert emqx_authn(b, uuid, token, "esp") == "deny"
+    # The listeners come back by themselves, and the cache serves again.
+    assert seconds_until(lambda: listener_count(b) > listening, 20) < 20
+    token = fleet.token(uuid)
+    for _ in range(6):
+        assert emqx_authn(b, uuid, token, "esp") == "allow"

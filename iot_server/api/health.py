@@ -8,11 +8,11 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from .. import metrics
-from ..errors import error_response
-from ..extensions import db, limiter
+from ..errors import error_response, is_stale_connection
+from ..extensions import db, exempt_from_rate_limits
 
 bp = Blueprint("health", __name__)
-limiter.exempt(bp)
+exempt_from_rate_limits(bp)
 log = logging.getLogger("iot_server.health")
 
 
@@ -24,14 +24,17 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready when the database answers."""
-    try:
-        db.session.execute(text("SELECT 1"))
-    except Exception as exc:  # any failure to reach the database means "not ready"
-        db.session.rollback()
-        log.warning("database not ready: %s", type(exc).__name__)
-        return error_response(503, "database unavailable")
-    return jsonify(c="OK")
+    """Ready when the database answers (asked twice when a pooled connection was stale)."""
+    for attempt in (1, 2):
+        try:
+            db.session.execute(text("SELECT 1"))
+            return jsonify(c="OK")
+        except Exception as exc:  # any failure to reach the database means "not ready"
+            db.session.rollback()
+            if attempt == 1 and is_stale_connection(exc):
+                continue
+            log.warning("database not ready: %s", type(exc).__name__)
+    return error_response(503, "database unavailable")
 
 
 @bp.get("/metrics")

@@ -9,9 +9,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 
 from flask import Flask, current_app
+from sqlalchemy.engine import make_url
+
+from .state_cache import DeviceStateCache, Listener, listen_url
 
 log = logging.getLogger("iot_server.hooks")
 
@@ -135,28 +139,72 @@ class DenialLog:
 
 
 class HookCaches:
-    """The caches of one app in one process: failed logins, device states, verified tokens,
-    and the summarised logs of denied logins and refused callers."""
+    """The caches of one app in one process: failed logins, verified tokens, the
+    summarised logs of denied logins and refused callers, and device states: exact ones
+    while a PostgreSQL listener runs (`states`), else short-lived ones for topic checks
+    (`devices`, HOOK_CACHE_TTL)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, states: DeviceStateCache, listener: Listener | None, tokens: int = CACHE_MAX_ENTRIES
+    ) -> None:
         self.negative = TtlCache()
         self.devices = TtlCache()
-        self.tokens = TtlCache()
+        # As many verified tokens as device states: a reconnect storm of a fleet the size of
+        # the state cache then decodes no JWT twice.
+        self.tokens = TtlCache(max(tokens, CACHE_MAX_ENTRIES))
         self.denials = DenialLog()
         self.refused_callers = DenialLog(what="hook caller refused")
         #: Set once the "TRUSTED_PROXIES is probably wrong" warning has been logged.
         self.proxy_warning_logged = threading.Event()
+        self.states = states
+        self.listener = listener
+
+    def exact_states(self) -> DeviceStateCache | None:
+        """The exact state cache when it can be trusted now, else None (start the listener
+        in this process on first use)."""
+        if self.listener is None:
+            return None
+        self.listener.ensure_running()
+        self.listener.drain_arrived()
+        return self.states if self.states.trusted else None
 
     def clear(self) -> None:
         """Forget every cached answer."""
         self.negative.clear()
         self.devices.clear()
         self.tokens.clear()
+        self.states.clear()
 
 
 def init_app(app: Flask) -> None:
-    """Give the app its hook caches."""
-    app.extensions[EXTENSION_KEY] = HookCaches()
+    """Give the app its hook caches, and a listener for the exact state cache on PostgreSQL
+    (unless DEVICE_CACHE_SIZE is 0)."""
+    config = app.config
+    states = DeviceStateCache(
+        config["DEVICE_CACHE_TTL"], config["DEVICE_CACHE_SIZE"], clock=lambda: clock()
+    )
+    url = listen_url(make_url(config["SQLALCHEMY_DATABASE_URI"]))
+    listener = None
+    if url and config["DEVICE_CACHE_SIZE"] > 0:
+        listener = Listener(states, url, warm=recent_states_of(app, config["DEVICE_CACHE_SIZE"]))
+    app.extensions[EXTENSION_KEY] = HookCaches(states, listener, config["DEVICE_CACHE_SIZE"])
+
+
+def recent_states_of(app: Flask, limit: int):
+    """What the listener fills the cache with once it listens: the `limit` most recently
+    heard registered devices of the app's database (the app held weakly: tests build many)."""
+    app_ref = weakref.ref(app)
+
+    def recent_states() -> list:
+        from .device_state import load_recent_states
+
+        app = app_ref()
+        if app is None:
+            return []
+        with app.app_context():
+            return load_recent_states(limit)
+
+    return recent_states
 
 
 def hook_caches() -> HookCaches:

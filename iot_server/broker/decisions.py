@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from .. import devices, policy, tokens
+from .. import devices, metrics, policy, tokens
 from ..identifiers import uuid_from_username
 from ..models import CLIENT_ID_MAX
 from . import caches
@@ -34,6 +34,7 @@ from .device_state import (
     load_device_state,
     remember_session,
 )
+from .state_cache import DeviceStateCache
 
 log = logging.getLogger("iot_server.hooks")
 
@@ -101,14 +102,15 @@ def authenticate(username: object, password: object, clientid: object) -> Decisi
         return Decision(DENY, "repeated failure")
 
     try:
-        claims = verified_device_claims(password, key)
+        claims = verified_device_claims(password, key, hooks)
     except tokens.InvalidToken as exc:
         return _login_denied(username, f"invalid token ({exc})", uuid, key)
     if claims["sub"] != uuid:
         return _login_denied(username, "token of another device", uuid, key)
 
+    exact = hooks.exact_states()
     try:
-        device = load_device_state(uuid)
+        device, ticket = current_state(uuid, exact)
     except DatabaseUnavailable as exc:
         # Not cached: the device may be fine once the database is back.
         log.error("login denied for %s: database unavailable (%s)", username, exc)
@@ -127,8 +129,29 @@ def authenticate(username: object, password: object, clientid: object) -> Decisi
         # would let it use topics the revocation has just taken away.
         return _login_denied(username, devices.REVOKED, uuid, key)
     device = remembered
-    hooks.devices.put(uuid, device, device.loaded_at + config["HOOK_CACHE_TTL"])
-    return Decision(ALLOW, identity=device.identity(), expire_at=int(claims["exp"]))
+    if exact is not None:
+        exact.put(uuid, device, ticket)
+    else:
+        hooks.devices.put(uuid, device, device.loaded_at + config["HOOK_CACHE_TTL"])
+    return Decision(ALLOW, identity=device.identity, expire_at=int(claims["exp"]))
+
+
+def current_state(uuid: str, exact: DeviceStateCache | None) -> tuple[DeviceState | None, int]:
+    """The device's state, from the exact cache when there is one and it holds it, else
+    from the database; with the ticket under which a state read now may be cached."""
+    if exact is not None:
+        state = exact.get(uuid)
+        if state is not None:
+            metrics.count_device_state("hit")
+            return state, None
+        ticket = exact.begin_read()
+        state = load_device_state(uuid)
+        metrics.count_device_state("miss")
+        if state is not None:
+            exact.put(uuid, state, ticket)
+        return state, ticket
+    metrics.count_device_state("uncached")
+    return load_device_state(uuid), None
 
 
 def is_storable_client_id(clientid: object) -> bool:
@@ -142,10 +165,9 @@ def is_storable_client_id(clientid: object) -> bool:
     return "\0" not in clientid
 
 
-def verified_device_claims(token: str, key: bytes) -> dict:
+def verified_device_claims(token: str, key: bytes, hooks: caches.HookCaches) -> dict:
     """`tokens.verify(token, DEVICE)`, remembered per (username, token) until the token
     expires: a device reconnecting with the same token skips the JWT decoding."""
-    hooks = caches.hook_caches()
     now = caches.clock()
     claims = hooks.tokens.get(key, now)
     if claims is not None and claims["exp"] > time.time():
@@ -202,11 +224,16 @@ def authorize(
 def _authorize_device(
     uuid: str, clientid: object, actions: tuple[str, ...], topic: object
 ) -> Decision:
-    """Decide from the cached device state (at most HOOK_CACHE_TTL old), else the database.
+    """Decide from the exact cache when it is trusted; else from a cached state at most
+    HOOK_CACHE_TTL old, or the database.
 
-    A denial from a cached state older than DENIED_STATE_RECHECK is re-read first.
+    Without the exact cache, a denial from a cached state older than DENIED_STATE_RECHECK
+    is re-read first (a new session recorded by another worker).
     """
     hooks = caches.hook_caches()
+    exact = hooks.exact_states()
+    if exact is not None:
+        return _decide_device(current_state(uuid, exact)[0], clientid, actions, topic)
     now = caches.clock()
     device = hooks.devices.get(uuid, now)
     if device is not None:
@@ -226,7 +253,7 @@ def _decide_device(
     refusal = session_refusal(device, clientid)
     if refusal:
         return Decision(DENY, refusal)
-    return _decide_topic(device.identity(), actions, topic)
+    return _decide_topic(device.identity, actions, topic)
 
 
 def _decide_topic(identity: policy.Identity, actions: tuple[str, ...], topic: object) -> Decision:

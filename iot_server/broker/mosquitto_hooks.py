@@ -13,7 +13,7 @@ import logging
 from flask import Blueprint, jsonify, request
 
 from .. import metrics, policy
-from ..extensions import limiter
+from ..extensions import exempt_from_rate_limits
 from . import callers, decisions
 from .bodies import read_body
 from .decisions import ALLOW, DENY, Decision
@@ -28,7 +28,7 @@ ACC_ACTIONS = {
 }
 
 bp = Blueprint("mosquitto_hooks", __name__)
-limiter.exempt(bp)
+exempt_from_rate_limits(bp)
 log = logging.getLogger("iot_server.hooks.mosquitto")
 
 

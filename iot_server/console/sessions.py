@@ -23,7 +23,16 @@ SESSION_ID = "sid"
 
 
 class ConsoleCookies(SecureCookieSessionInterface):
-    """Flask's signed cookie, marked Secure whenever the request came over HTTPS."""
+    """Flask's signed cookie, marked Secure whenever the request came over HTTPS, and
+    opened only for the console: the cookie's path is the console's, so no other request
+    carries one, and the broker hooks do not pay for a signing serializer per request."""
+
+    def open_session(self, app: Flask, request):
+        """The session under the console's path; Flask's null session (never saved) for
+        every other request."""
+        if not request.path.startswith(app.config["SESSION_COOKIE_PATH"]):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
 
     def get_cookie_secure(self, app: Flask) -> bool:
         """Secure behind HTTPS (`request.is_secure` after TRUSTED_PROXIES hops, via

@@ -42,6 +42,11 @@ def ping_subscription(shared_group: str | None) -> str:
     return f"$share/{shared_group}/{topic}" if shared_group else topic
 
 
+#: What the ESP8266 library sends, byte for byte: known without parsing JSON (the pinger
+#: reads one of these for nearly every message).
+FIRMWARE_PAYLOADS = {b'{"c":"PING"}': "PING", b'{"c":"PONG"}': "PONG"}
+
+
 def parse_device_message(topic: str, payload: bytes) -> tuple[str, str] | None:
     """`(uuid, "PING"|"PONG")` for a device's message; None (with a debug log) for
     anything else: the server's own messages, garbage, wrong topics."""
@@ -53,6 +58,9 @@ def parse_device_message(topic: str, payload: bytes) -> tuple[str, str] | None:
     uuid = parse_uuid(levels[1])
     if uuid is None:
         return ignore(topic, "topic level is not a uuid")
+    command = FIRMWARE_PAYLOADS.get(payload)
+    if command is not None:
+        return uuid, command
     try:
         body = json.loads(payload)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError

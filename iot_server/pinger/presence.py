@@ -8,18 +8,19 @@ the pinger serialises access.
 from __future__ import annotations
 
 import math
+import sqlite3
 import uuid as uuidlib
 from itertools import islice
 
 
-def pack_uuid(uuid: str) -> int:
-    """A lowercase hyphenated uuid as a 128-bit int: about half the memory of the str."""
-    return int(uuid.replace("-", ""), 16)
+def pack_uuid(uuid: str) -> bytes:
+    """A lowercase hyphenated uuid as its 16 bytes (the store's key)."""
+    return bytes.fromhex(uuid.replace("-", ""))
 
 
-def unpack_uuid(key: int) -> str:
-    """The lowercase hyphenated uuid back from its int key."""
-    return str(uuidlib.UUID(int=key))
+def unpack_uuid(key: bytes) -> str:
+    """The lowercase hyphenated uuid back from its 16 bytes."""
+    return str(uuidlib.UUID(bytes=key))
 
 
 class Presence:
@@ -27,58 +28,91 @@ class Presence:
     then again at each further interval, `max_misses` times; one more silent interval and it
     is offline and forgotten, so memory follows the live fleet, not every device ever seen.
 
-    Per device one int key and one float (when it was last heard): which PING is due follows
-    from the time elapsed, so no counter or schedule is stored.
+    Per device: its 16-byte uuid and when it was last heard, in an in-memory SQLite table
+    indexed by that time. Which PING is due follows from the time elapsed, so no counter or
+    schedule is stored, and a sweep reads only the devices whose silence just crossed an
+    interval (index range scans), not the whole fleet. The table lives in SQLite's own
+    pages, not in millions of small Python objects: memory grows by about 60 bytes a device
+    and is returned when devices go offline.
+
+    `seen()` runs for every message, so it only notes the time in a small dict; the notes
+    reach the table in one `executemany` before anything reads it (a sweep, once a tick).
     """
 
     def __init__(self, interval: float = 15.0, max_misses: int = 3) -> None:
         self.interval = interval
         self.max_misses = max_misses
-        self._last_seen: dict[int, float] = {}
         self._swept = -math.inf
+        # The pinger serialises every call (one lock), so one connection serves all threads.
+        self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self._db.executescript(
+            "CREATE TABLE presence (key BLOB PRIMARY KEY, last REAL NOT NULL) WITHOUT ROWID;"
+            "CREATE INDEX presence_last ON presence (last);"
+        )
+        self._recent: dict[str, float] = {}
 
     def __len__(self) -> int:
-        return len(self._last_seen)
+        self._apply_recent()
+        return self._db.execute("SELECT count(*) FROM presence").fetchone()[0]
 
     def seen(self, uuid: str, now: float) -> None:
         """The device sent a PING or a PONG at `now`: it is online, its misses are forgiven."""
-        self._last_seen[pack_uuid(uuid)] = now
+        self._recent[uuid] = now
+        if len(self._recent) >= RECENT_BATCH:
+            self._apply_recent()
 
     def heard_elsewhere(self, uuid: str, at: float) -> None:
         """Another replica heard the device at `at`: counts as seen unless heard later here."""
-        key = pack_uuid(uuid)
-        if self._last_seen.get(key, -math.inf) < at:
-            self._last_seen[key] = at
+        self._apply_recent()
+        self._db.execute(_UPSERT_LATER, (pack_uuid(uuid), at))
+
+    def _apply_recent(self) -> None:
+        """Write the times noted by `seen()` since the last read, in one statement."""
+        if self._recent:
+            recent, self._recent = self._recent, {}
+            self._db.executemany(_UPSERT, [(pack_uuid(u), at) for u, at in recent.items()])
 
     def sweep(self, now: float) -> tuple[list[str], list[str]]:
         """Advance to `now`: the devices to PING, and those that just went offline.
 
         A device whose silence crossed a multiple of `interval` since the previous sweep is
-        PINGed once (a late sweep sends one PING, not a burst). A full scan: at 100,000
-        devices a few milliseconds once a tick, and no second per-device structure.
+        PINGed once (a late sweep sends one PING, not a burst): for each k in 1..max_misses,
+        those heard in (previous - k·interval, now - k·interval]. Silent for more than
+        max_misses intervals: offline, and forgotten.
         """
+        self._apply_recent()
         previous, self._swept = self._swept, now
         interval, limit = self.interval, self.max_misses
-        to_ping: list[int] = []
-        offline: list[int] = []
-        for key, last in self._last_seen.items():
-            elapsed = (now - last) // interval
-            if elapsed < 1:
-                continue
-            if elapsed > limit:
-                offline.append(key)
-            # Intervals already counted at the previous sweep (none if heard since).
-            elif (previous > last and (previous - last) // interval) < elapsed:
-                to_ping.append(key)
-        for key in offline:
-            del self._last_seen[key]
+        gone = now - (limit + 1) * interval
+        offline = [key for (key,) in self._db.execute(_FORGET, (gone,))]
+        to_ping: set[bytes] = set()
+        for k in range(1, limit + 1):
+            low, high = max(previous - k * interval, gone), now - k * interval
+            if low < high:
+                to_ping.update(key for (key,) in self._db.execute(_HEARD_BETWEEN, (low, high)))
         return [unpack_uuid(key) for key in to_ping], [unpack_uuid(key) for key in offline]
 
     def postpone_all(self, now: float) -> None:
         """Restart every device's clock at `now` (after a broker outage nobody could be
         heard, so silence during it is no miss)."""
-        for key in self._last_seen:
-            self._last_seen[key] = now
+        self._apply_recent()
+        self._db.execute("UPDATE presence SET last = ?", (now,))
+
+
+#: Notes `seen()` keeps before writing them in one statement: big enough to make the
+#: statement cheap per device, small enough that the batch never weighs on memory.
+RECENT_BATCH = 256
+
+_UPSERT = (
+    "INSERT INTO presence (key, last) VALUES (?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET last = excluded.last"
+)
+_UPSERT_LATER = (
+    "INSERT INTO presence (key, last) VALUES (?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET last = max(last, excluded.last)"
+)
+_FORGET = "DELETE FROM presence WHERE last <= ? RETURNING key"
+_HEARD_BETWEEN = "SELECT key FROM presence WHERE last > ? AND last <= ?"
 
 
 class PendingSeen:

@@ -623,3 +623,31 @@ def test_real_database_outage_denies_then_recovers(proxied_postgres, caplog):
                 conn.execute(Device.__table__.delete().where(Device.uuid.in_([agent])))
                 conn.execute(Device.__table__.delete().where(Device.uuid.in_([master])))
                 conn.execute(Owner.__table__.delete().where(Owner.username.like("outage-%")))
+
+
+def test_a_restart_while_idle_costs_no_denied_login(proxied_postgres):
+    """The hooks read without a pre-ping: a pooled connection that died while idle is
+    retried once, so the first login after a database restart is still allowed."""
+    app, proxy = proxied_postgres
+    master = new_uuid()
+    try:
+        with app.app_context():
+            owner = Owner(username=f"restart-{master[:8]}", password_hash="x")
+            db.session.add(owner)
+            db.session.flush()
+            db.session.add(Device(uuid=master, kind=MASTER, owner_id=owner.id))
+            db.session.commit()
+            token = tokens.issue_device_token(db.session.get(Device, master))
+            db.session.remove()
+            assert broker_auth.authenticate(username(master), token, "a").allowed
+            for clientid in ("b", "c"):
+                proxy.cut()
+                proxy.start()
+                caches.hook_caches().clear()
+                assert broker_auth.authenticate(username(master), token, clientid).allowed
+    finally:
+        with app.app_context():
+            db.session.remove()
+            with db.engine.begin() as conn:
+                conn.execute(Device.__table__.delete().where(Device.uuid == master))
+                conn.execute(Owner.__table__.delete().where(Owner.username.like("restart-%")))
