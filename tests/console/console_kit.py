@@ -61,7 +61,7 @@ class Console:
                 db.session.commit()
             session_id = sessions.create(owner)
             owner_id = owner.id
-        with self.client.session_transaction() as cookie:
+        with self.client.session_transaction("/console") as cookie:
             cookie.clear()
             cookie.permanent = True
             cookie[sessions.SESSION_ID] = session_id
