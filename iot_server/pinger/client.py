@@ -51,9 +51,6 @@ PONG_QOS = 1
 # Device firmware (PubSubClient) publishes at QoS 0 only, so a QoS 1 subscription would gain
 # nothing for device messages and would only add PUBACKs for our own echoes.
 SUBSCRIBE_QOS = 0
-#: Seconds between sweeps (at most), and between heartbeat-file writes.
-SWEEP_TICK = 0.2
-HEARTBEAT_EVERY = 1.0
 
 
 class Pinger:
@@ -90,10 +87,7 @@ class Pinger:
         self._stopping = threading.Event()
         self._db_failing = False
         self._threads: list[threading.Thread] = []
-        # Sweeps run five times a second, so each sends the few PINGs that just fell due:
-        # they leave spread out as the devices went quiet, not in one burst a second that
-        # paho holds (QoS 1, until acknowledged) all at once.
-        self._sweep_tick = min(SWEEP_TICK, ping_interval / 10)
+        self._sweep_tick = min(1.0, ping_interval / 10)
         self.health_file = health_file
         self._heartbeat_failing = False
         # Wall times for the heartbeat: the broker link's last change, the last flush turn.
@@ -339,10 +333,9 @@ class Pinger:
 
     def _sweep_loop(self) -> None:
         """Every tick: re-PING the quiet (only while connected); log stats now and then;
-        refresh the heartbeat once a second, which therefore stops when this loop does."""
+        refresh the heartbeat, which therefore stops when this loop does."""
         next_stats = time.monotonic() + self.stats_interval
         self.heartbeat()
-        next_heartbeat = time.monotonic() + HEARTBEAT_EVERY
         while not self._stopping.wait(self._sweep_tick):
             try:
                 if self.connected.is_set():
@@ -352,9 +345,7 @@ class Pinger:
                     log.info("stats %s", self.stats_line())
             except Exception:
                 log.exception("sweep failed")
-            if time.monotonic() >= next_heartbeat:
-                next_heartbeat = time.monotonic() + HEARTBEAT_EVERY
-                self.heartbeat()
+            self.heartbeat()
 
     def heartbeat(self) -> None:
         """Rewrite the heartbeat file (`PINGER_HEALTH_FILE`), if any; never raises.
