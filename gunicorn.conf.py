@@ -46,6 +46,17 @@ logger_class = "iot_server.gunicorn_worker.AccessLogger"
 logconfig_dict = logging_config(_config.LOG_FORMAT, _config.DEBUG_LOGS)
 
 
+def post_worker_init(worker):
+    """Start the worker's device-state listener before its first request: the cache fills
+    while the worker boots, so a reconnect storm right after a deploy finds it full."""
+    from flask import Flask
+
+    from iot_server.broker.caches import start_listening
+
+    if isinstance(worker.wsgi, Flask):  # another app (bench/bare_app.py) has no listener
+        start_listening(worker.wsgi)
+
+
 def child_exit(server, worker):
     """Drop a dead worker's live gauges from the multiprocess metrics."""
     from prometheus_client import multiprocess

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bench.hooks import (  # noqa: E402
     SECRETS,
     bench_env,
+    cpu_seconds,
     device_state_reads,
     free_port,
     reset_database,
@@ -64,8 +66,9 @@ def login_calls(fleet: list[dict], fresh: bool) -> tuple[list[tuple], set[int]]:
     return calls, impostors
 
 
-async def burst(base: str, calls: list[tuple], concurrency: int) -> tuple[list[tuple], float]:
-    """Every call at once over `concurrency` connections: (status, body, seconds) each."""
+async def burst(base: str, calls: list[tuple], concurrency: int, start_at: float):
+    """Every call at once over `concurrency` connections, from wall time `start_at`:
+    (status, body, seconds) each, and the wall time the last answer came."""
     import aiohttp
 
     headers = {"Authorization": f"Bearer {HOOK_SECRET}", "Content-Type": "application/json"}
@@ -89,17 +92,44 @@ async def burst(base: str, calls: list[tuple], concurrency: int) -> tuple[list[t
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=120)
-    started = time.perf_counter()
     async with aiohttp.ClientSession(base, connector=connector, timeout=timeout) as session:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
+        finished = time.time()
     answers = []
     for status, raw, seconds in raw_answers:
         try:
             answers.append((status, json.loads(raw) if raw else None, seconds))
         except ValueError:
             answers.append((status, None, seconds))
-    return answers, elapsed
+    return answers, finished
+
+
+def burst_share(job: tuple) -> tuple[list[tuple], float]:
+    """One load process's share of a burst, on its own event loop."""
+    return asyncio.run(burst(*job))
+
+
+def run_burst(pool, base: str, calls: list[tuple], args) -> tuple[list[tuple], float, float]:
+    """A burst split over the load processes (as in `bench/hooks.py`), all starting at
+    once: the answers in call order, the seconds from the start to the last answer, and the
+    CPU seconds gunicorn's processes spent meanwhile."""
+    processes = args.load_processes
+    cpu_before = cpu_seconds(args.gunicorn_pid)
+    start_at = time.time() + 0.5  # every process connected and waiting
+    jobs = [
+        (base, calls[i::processes], max(1, args.concurrency // processes), start_at)
+        for i in range(processes)
+    ]
+    shares = pool.map(burst_share, jobs)
+    answers: list = [None] * len(calls)
+    for i, (share, _) in enumerate(shares):
+        answers[i::processes] = share
+    return (
+        answers,
+        max(finished for _, finished in shares) - start_at,
+        (cpu_seconds(args.gunicorn_pid) - cpu_before),
+    )
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -134,46 +164,52 @@ def summarise(name: str, answers: list[tuple], seconds: float, wrong: int) -> di
     }
 
 
-def login_burst(base: str, fleet: list[dict], args, name: str) -> dict:
+def login_burst(pool, base: str, fleet: list[dict], args, name: str) -> dict:
     """One burst of the fleet's logins, every answer checked, with where the hooks found
     the device states (their exact caches, or the database)."""
     calls, impostors = login_calls(fleet, args.fresh)
     before = device_state_reads(base)
-    answers, seconds = asyncio.run(burst(base, calls, args.concurrency))
+    answers, seconds, cpu = run_burst(pool, base, calls, args)
     after = device_state_reads(base)
     wrong = sum(not is_right(a, i not in impostors) for i, a in enumerate(answers))
     row = summarise(name, answers, seconds, wrong)
+    row["cpu_us"] = cpu / len(answers) * 1e6
     hits = after.get("hit", 0) - before.get("hit", 0)
     reads = hits + sum(after.get(k, 0) - before.get(k, 0) for k in ("miss", "uncached"))
     row["cache_hits"] = hits / reads if reads else 0.0
     return row
 
 
-def healthz_burst(base: str, size: int, args) -> dict:
+def healthz_burst(pool, base: str, size: int, args) -> dict:
     """The baseline: as many /healthz requests as the fleet has logins, the same way."""
     calls = [("GET", "/healthz", None)] * size
-    answers, seconds = asyncio.run(burst(base, calls, args.concurrency))
-    return summarise(f"/healthz × {size}", answers, seconds, sum(a[0] != 200 for a in answers))
+    answers, seconds, cpu = run_burst(pool, base, calls, args)
+    row = summarise(f"/healthz × {size}", answers, seconds, sum(a[0] != 200 for a in answers))
+    row["cpu_us"] = cpu / len(answers) * 1e6
+    return row
 
 
-def run_size(base: str, fleet: list[dict], args) -> list[dict]:
+def run_size(pool, base: str, fleet: list[dict], args) -> list[dict]:
     """On API processes that have just started: a /healthz burst, the logins (the first
     these processes see), `--warm` more login bursts so every worker meets most devices,
     another /healthz burst, and the logins once more (a broker restart on a server that has
     been running). Each login burst is compared with the /healthz burst just before it."""
-    first_baseline = healthz_burst(base, len(fleet), args)
-    first = login_burst(base, fleet, args, f"/emqx/authn × {len(fleet)}, first time")
+    first_baseline = healthz_burst(pool, base, len(fleet), args)
+    first = login_burst(pool, base, fleet, args, f"/emqx/authn × {len(fleet)}, first time")
     first["ratio"] = first["rps"] / first_baseline["rps"]
+    first["cpu_ratio"] = first_baseline["cpu_us"] / first["cpu_us"]
     rows = [first_baseline, first]
     for n in range(args.warm):
-        login_burst(base, fleet, args, f"warm-up {n + 1}")
+        login_burst(pool, base, fleet, args, f"warm-up {n + 1}")
     if args.warm:
-        seen_baseline = healthz_burst(base, len(fleet), args)
-        seen = login_burst(base, fleet, args, f"/emqx/authn × {len(fleet)}, seen before")
+        seen_baseline = healthz_burst(pool, base, len(fleet), args)
+        seen = login_burst(pool, base, fleet, args, f"/emqx/authn × {len(fleet)}, seen before")
         seen["ratio"] = seen["rps"] / seen_baseline["rps"]
+        seen["cpu_ratio"] = seen_baseline["cpu_us"] / seen["cpu_us"]
         rows += [seen_baseline, seen]
     for row in rows:
         row.setdefault("ratio", 1.0)
+        row.setdefault("cpu_ratio", 1.0)
     return rows
 
 
@@ -182,7 +218,8 @@ def median_rows(rounds: list[list[dict]]) -> list[dict]:
     combined = []
     for same in zip(*rounds, strict=True):
         row = {"name": same[0]["name"], "rounds": len(same)}
-        for key in ("rps", "seconds", "p50_ms", "p99_ms", "max_ms", "ratio", "cache_hits"):
+        keys = ("rps", "seconds", "p50_ms", "p99_ms", "max_ms", "ratio", "cpu_us", "cpu_ratio")
+        for key in (*keys, "cache_hits"):
             if key in same[0]:
                 row[key] = statistics.median(r[key] for r in same)
         row["wrong"] = sum(r["wrong"] for r in same)
@@ -198,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="2000,10000", help="comma-separated fleet sizes")
     parser.add_argument("--concurrency", type=int, default=64, help="keep-alive connections")
     parser.add_argument("--workers", type=int, help="WEB_CONCURRENCY (default: 2 × cores + 1)")
+    parser.add_argument(
+        "--load-processes", type=int, default=2, help="processes sending the bursts"
+    )
     parser.add_argument("--fresh", action="store_true", help="new client ids: every login writes")
     parser.add_argument(
         "--rounds", type=int, default=1, help="repeat on freshly started API processes"
@@ -222,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = env.get("WEB_CONCURRENCY") or str(2 * (os.cpu_count() or 1) + 1)
     print(
         f"gunicorn: {workers} workers × {env.get('GUNICORN_THREADS', '4')} threads, "
-        f"PostgreSQL; {args.concurrency} keep-alive connections; "
+        f"PostgreSQL; {args.concurrency} keep-alive connections from "
+        f"{args.load_processes} load processes; "
         f"{'fresh client ids (a write per login)' if args.fresh else 'known client ids'}; "
         f"one login in ten with another device's token; {args.rounds} round(s), each on "
         f"freshly started API processes; {os.cpu_count()} cores shared with the load generator",
@@ -231,26 +272,30 @@ def main(argv: list[str] | None = None) -> int:
     rounds = []
     for _ in range(args.rounds):
         rows = []
-        with running_gunicorn(env) as (base, _):
+        with running_gunicorn(env) as (base, gunicorn), mp.Pool(args.load_processes) as pool:
+            args.gunicorn_pid = gunicorn.pid
             time.sleep(2)  # every worker booted, not just the first to answer
             for fleet in fleets:
-                rows += run_size(base, fleet, args)
+                rows += run_size(pool, base, fleet, args)
         rounds.append(rows)
     rows = median_rows(rounds)
 
     print(
         "\n| burst | requests/s | seconds | p50 ms | p99 ms | max ms | ratio to /healthz "
-        "(each round) | states from cache | wrong | 5xx |"
+        "(each round) | API CPU µs/request | CPU ratio | states from cache | wrong | 5xx |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for item in rows:
         cached = f"{item['cache_hits']:.0%}" if "cache_hits" in item else "—"
         each = ", ".join(f"{ratio:.2f}" for ratio in item["each"])
-        ratio = "—" if item["name"].startswith("/healthz") else f"{item['ratio']:.2f} ({each})"
+        baseline = item["name"].startswith("/healthz")
+        ratio = "—" if baseline else f"{item['ratio']:.2f} ({each})"
+        cpu_ratio = "—" if baseline else f"{item['cpu_ratio']:.2f}"
         print(
             f"| {item['name']} | {item['rps']:.0f} | {item['seconds']:.1f} "
             f"| {item['p50_ms']:.1f} | {item['p99_ms']:.1f} | {item['max_ms']:.1f} "
-            f"| {ratio} | {cached} | {item['wrong']} | {item['5xx']} |"
+            f"| {ratio} | {item['cpu_us']:.0f} | {cpu_ratio} | {cached} "
+            f"| {item['wrong']} | {item['5xx']} |"
         )
     return 1 if any(row["wrong"] or row["5xx"] for row in rows) else 0
 

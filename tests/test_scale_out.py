@@ -741,3 +741,20 @@ def test_a_revoke_on_one_instance_is_denied_by_the_other_at_once(instances, flee
     token = fleet.token(uuid)
     for _ in range(6):
         assert emqx_authn(b, uuid, token, "esp") == "allow"
+
+
+def test_each_worker_fills_its_device_cache_as_it_boots(start_gunicorn, fleet):
+    """The listener starts with the worker, not with its first login: every worker's cache
+    is filled before any request reaches it (a storm right after a deploy finds it full)."""
+    fleet.master()
+    server = start_gunicorn(workers=2)
+    deadline = time.monotonic() + 20
+    filled: list[dict] = []
+    while time.monotonic() < deadline and len(filled) < 2:
+        filled = [
+            r for r in server.records() if "device-state cache filled" in r.get("message", "")
+        ]
+        time.sleep(0.1)
+    assert len(filled) == 2, filled  # one line per worker
+    access = server.stdout_path.read_text()
+    assert "/emqx/authn" not in access and "/healthz" not in access

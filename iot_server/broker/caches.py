@@ -190,6 +190,14 @@ def init_app(app: Flask) -> None:
     app.extensions[EXTENSION_KEY] = HookCaches(states, listener, config["DEVICE_CACHE_SIZE"])
 
 
+def start_listening(app: Flask) -> None:
+    """Start this process's device-state listener now (gunicorn calls it as a worker boots),
+    so its cache fills while the worker starts rather than during its first logins."""
+    hooks = app.extensions.get(EXTENSION_KEY)
+    if hooks is not None and hooks.listener is not None:
+        hooks.listener.ensure_running()
+
+
 def recent_states_of(app: Flask, limit: int):
     """What the listener fills the cache with once it listens: the `limit` most recently
     heard registered devices of the app's database (the app held weakly: tests build many)."""

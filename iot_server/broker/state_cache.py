@@ -180,7 +180,9 @@ class Listener:
         self._start_lock = threading.Lock()
         self._drain_lock = threading.Lock()
         self._conn = None  # psycopg.Connection while listening
-        self._poller = None  # select.poll() on its socket: one cheap syscall a request
+        # Each request thread polls the socket with a poll object of its own: one shared
+        # by all would refuse a second thread while another is inside it.
+        self._pollers = threading.local()
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -193,7 +195,7 @@ class Listener:
                 return
             self._pid = os.getpid()
             # A forked child must not touch its parent's connection.
-            self._conn = self._poller = None
+            self._conn = None
             self.stopping.clear()
             cache = self._cache()
             if cache is not None:
@@ -204,11 +206,11 @@ class Listener:
     def drain_arrived(self) -> None:
         """Handle the notifications that have already reached this process (a request thread,
         before it reads the cache). A broken connection makes the cache untrusted at once."""
-        conn, poller = self._conn, self._poller
-        if conn is None or poller is None:
+        conn = self._conn
+        if conn is None:
             return
         try:
-            ready = poller.poll(0)
+            ready = self._poller_for(conn).poll(0)
         except Exception:  # closed under us: let _drain find out and say so
             ready = True
         if ready:
@@ -216,6 +218,15 @@ class Listener:
                 self._drain(conn)
             except Exception:  # the listener thread reconnects; until then, not trusted
                 self._lost(conn)
+
+    def _poller_for(self, conn) -> select.poll:
+        """This thread's poll object on the connection's socket: one cheap syscall a request."""
+        pollers = self._pollers
+        if getattr(pollers, "conn", None) is not conn:
+            poller = select.poll()
+            poller.register(conn.pgconn.socket, select.POLLIN)
+            pollers.conn, pollers.poller = conn, poller
+        return pollers.poller
 
     def stop(self) -> None:
         """Ask the thread to end (tests; a process exiting needs nothing)."""
@@ -282,7 +293,7 @@ class Listener:
         """The connection failed: the cache is not trusted until the thread listens again."""
         with self._drain_lock:
             if conn is self._conn:
-                self._conn = self._poller = None
+                self._conn = None
                 cache = self._cache()
                 if cache is not None:
                     cache.set_listening(False)
@@ -335,10 +346,8 @@ class Listener:
             cache = self._cache()
             if cache is None:
                 return
-            poller = select.poll()
-            poller.register(conn.pgconn.socket, select.POLLIN)
             with self._drain_lock:
-                self._conn, self._poller = conn, poller
+                self._conn = conn
                 cache.set_listening(True)
             log.info("device-state listener: listening")
             self._fill(cache)

@@ -51,6 +51,10 @@ PONG_QOS = 1
 # Device firmware (PubSubClient) publishes at QoS 0 only, so a QoS 1 subscription would gain
 # nothing for device messages and would only add PUBACKs for our own echoes.
 SUBSCRIBE_QOS = 0
+#: QoS 1 messages (PONGs, server PINGs) awaiting their PUBACK, at most: memory stays bounded
+#: (about 1.5 KB each), and beyond it new ones are dropped and counted. A broker that keeps
+#: up acknowledges within milliseconds; the bound rides out an overload of a few seconds.
+MAX_UNACKNOWLEDGED = 10_000
 
 
 class Pinger:
@@ -112,8 +116,7 @@ class Pinger:
         # No in-flight window: with one, paho rescans the unacknowledged messages on every
         # PUBACK (Client._update_inflight), which made each PONG cost O(window).
         self.client.max_inflight_messages_set(0)
-        # Memory stays bounded: beyond this many unacknowledged PONGs, new ones are dropped.
-        self.client.max_queued_messages_set(10_000)
+        self.client.max_queued_messages_set(MAX_UNACKNOWLEDGED)
         # Second line of defence: paho re-raises callback exceptions out of loop_forever.
         self.client.suppress_exceptions = True
         self.client.on_connect = self._on_connect

@@ -313,3 +313,27 @@ def test_the_cache_fills_itself_once_it_listens(pg_app, devices):
     statements = count_statements(pg_app)
     assert login(pg_app, master, token, "esp").allowed
     assert statements == []
+
+
+def test_request_threads_check_for_notifications_without_tripping_each_other(pg_app):
+    """Every request thread polls the listener's socket before it trusts the cache. With
+    nothing arriving, none of them may fall into a drain: a poll object shared by threads
+    refuses a second caller ("concurrent poll() invocation"), which read as "ready" and sent
+    logins through the drain lock under load."""
+    trusted_cache(pg_app)
+    with pg_app.app_context():
+        listener = caches.hook_caches().listener
+    drains = []
+    real_drain = listener._drain
+    listener._drain = lambda conn: (drains.append(1), real_drain(conn))
+
+    def requests():
+        for _ in range(3000):
+            listener.drain_arrived()
+
+    threads = [threading.Thread(target=requests) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert drains == []
