@@ -165,7 +165,8 @@ class Listener:
     revoke's notification reaches the socket while its HTTP answer is still on its way, so
     the next login anywhere sees it, instead of racing the listener thread for the GIL.
 
-    The thread starts on first use in each process (gunicorn forks workers after the app
+    The thread starts in each process as gunicorn boots the worker (`caches.start_listening`,
+    from gunicorn.conf.py), or on first use elsewhere (gunicorn forks workers after the app
     is built) and ends by itself once its cache is garbage (the app is gone): it holds the
     cache only through a weak reference.
     """
