@@ -474,8 +474,10 @@ def main() -> None:
             time.sleep(1.5)
             report["memory"]["100k_devices_mb"] = pinger.rss()
             report["memory"]["tracked_100k"] = pinger.stats.get("devices")
-            # PONGs and server PINGs not sent because too many awaited their PUBACK.
-            report["memory"]["dropped"] = pinger.stats.get("dropped", 0)
+            # PONGs and server PINGs not sent because too many awaited their PUBACK, server
+            # PINGs that waited a whole interval for room, and those sent.
+            for counter in ("dropped", "stale", "server_pings"):
+                report["memory"][counter] = pinger.stats.get(counter, 0)
             report["memory"]["delta_mb"] = (
                 report["memory"]["100k_devices_mb"] - report["memory"]["1k_devices_mb"]
             )

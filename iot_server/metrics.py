@@ -54,7 +54,13 @@ def count_device_state(source: str) -> None:
 
 def count_hook_decision(hook: str, result: str) -> None:
     """Count one broker hook decision (allow, deny, ignore, malformed, forbidden)."""
-    HOOK_DECISIONS.labels(hook, result).inc()
+    counter = _HOOK_COUNTERS.get((hook, result))
+    if counter is None:  # bounded: hooks and results are fixed sets
+        counter = _HOOK_COUNTERS[hook, result] = HOOK_DECISIONS.labels(hook, result)
+    counter.inc()
+
+
+_HOOK_COUNTERS: dict[tuple[str, str], Counter] = {}
 
 
 def registry() -> CollectorRegistry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from flask import Request
+from flask import request as current_request
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -19,12 +20,14 @@ def raw_body(request: Request) -> bytes:
     return request.environ["wsgi.input"].read(length) if length else b""
 
 
-def read_body(request: Request) -> dict | None:
-    """A hook's fields: a JSON object, or form fields.
+def read_body() -> dict | None:
+    """The current request's hook fields: a JSON object, or form fields.
 
     `{}` for JSON that is not an object (the caller denies), None for a body that is
     neither JSON nor a form (the caller answers 400).
     """
+    # Flask's `request` is a proxy that looks the request up at every attribute: once here.
+    request = current_request._get_current_object()
     # The bare media type, without werkzeug's full parse of the header's options.
     mimetype = request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
     if mimetype in FORM_TYPES:

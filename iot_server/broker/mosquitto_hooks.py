@@ -46,7 +46,7 @@ def check_caller():
 @bp.post("/user")
 def user():
     """Decide a CONNECT: a device with its current token, or the service account."""
-    body = read_body(request)
+    body = read_body()
     if body is None:
         return malformed("mosquitto_user")
     username, password = body.get("username"), body.get("password")
@@ -65,7 +65,7 @@ def superuser():
 @bp.post("/acl")
 def acl():
     """Decide a subscribe (4), publish (2) or delivery (1) on a topic."""
-    body = read_body(request)
+    body = read_body()
     if body is None:
         return malformed("mosquitto_acl")
     username, topic, clientid = body.get("username"), body.get("topic"), client_id(body)

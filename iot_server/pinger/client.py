@@ -42,7 +42,7 @@ from .messages import (
     parse_device_message,
     ping_subscription,
 )
-from .presence import PendingSeen, Presence
+from .presence import DuePings, PendingSeen, Presence, pack_uuid, unpack_all
 from .store import MAX_BATCH, read_last_seen, write_last_seen
 
 log = logging.getLogger("iot_server.pinger")
@@ -55,6 +55,12 @@ SUBSCRIBE_QOS = 0
 #: (about 1.5 KB each), and beyond it new ones are dropped and counted. A broker that keeps
 #: up acknowledges within milliseconds; the bound rides out an overload of a few seconds.
 MAX_UNACKNOWLEDGED = 10_000
+#: Server PINGs go out only while fewer QoS 1 messages than this await their PUBACK; the
+#: rest wait, compactly, in `DuePings`. A sweep can make the whole fleet due at once, and
+#: PONGs (answers a device is waiting for) keep the rest of the room.
+SERVER_PING_WINDOW = 1_000
+#: How long the sweeper waits for the broker's PUBACKs to make room for more server PINGs.
+ROOM_WAIT = 0.005
 
 
 class Pinger:
@@ -83,6 +89,7 @@ class Pinger:
         self.stats_interval = stats_interval
         self.presence = Presence(ping_interval, max_misses)
         self.pending = PendingSeen()
+        self.due = DuePings(max_age=ping_interval)
         self.stats: Counter[str] = Counter()
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -230,6 +237,9 @@ class Pinger:
                 self._link_changed_at = time.time()
             self.connected.clear()
             self.subscribed.clear()
+            with self._lock:
+                # Every clock restarts on reconnect (postpone_all): these are no longer due.
+                self.stats["stale"] += self.due.clear()
             if not self._stopping.is_set():
                 log.warning("disconnected from the broker (%s); reconnecting", reason_code)
         except Exception:
@@ -286,21 +296,48 @@ class Pinger:
 
     # ------------------------------------------------------------ background work
 
-    def sweep(self, now: float | None = None) -> tuple[list[str], list[str]]:
-        """Send the due server PINGs and forget devices that went offline."""
+    def sweep(self, now: float | None = None) -> None:
+        """Queue the due server PINGs (`send_server_pings` sends them) and forget the
+        devices that went offline."""
+        now = time.monotonic() if now is None else now
         with self._lock:
-            to_ping, offline = self.presence.sweep(time.monotonic() if now is None else now)
-        if self.shared and self.engine is not None and (to_ping or offline):
-            to_ping, offline = self._not_heard_by_the_group(to_ping, offline)
-        for uuid in to_ping:
-            if self.publish(f"device/{uuid}/ping", SERVER_PING):
-                self.stats["server_pings"] += 1
+            due, gone = self.presence.sweep(now)
+        if self.shared and self.engine is not None and (due or gone):
+            to_ping, offline = self._not_heard_by_the_group(unpack_all(due), unpack_all(gone))
+            due = b"".join(pack_uuid(uuid) for uuid in to_ping)
+        else:
+            offline = unpack_all(gone) if gone else []
+        with self._lock:
+            self.due.add(due, now)
         for uuid in offline:
             log.debug("device offline: %s", uuid)
         if offline:
             self.stats["offline"] += len(offline)
             log.info("%d device(s) went offline", len(offline))
-        return to_ping, offline
+
+    def send_server_pings(self, until: float) -> None:
+        """PING the queued devices while the broker keeps up: only while fewer than
+        SERVER_PING_WINDOW messages await a PUBACK, waiting for room until `until`."""
+        while self.connected.is_set() and not self._stopping.is_set():
+            room = SERVER_PING_WINDOW - self.unacknowledged()
+            if room <= 0:
+                if time.monotonic() + ROOM_WAIT >= until:
+                    return
+                self._stopping.wait(ROOM_WAIT)
+                continue
+            with self._lock:
+                uuids, stale = self.due.take(room, time.monotonic())
+                self.stats["stale"] += stale
+            if not uuids:
+                return
+            for uuid in uuids:
+                if self.publish(f"device/{uuid}/ping", SERVER_PING):
+                    self.stats["server_pings"] += 1
+
+    def unacknowledged(self) -> int:
+        """QoS 1 messages sent and not yet acknowledged by the broker (paho's own count:
+        it has no public accessor; tests/pinger/test_pinger.py checks the attribute)."""
+        return len(self.client._out_messages)
 
     def _not_heard_by_the_group(
         self, to_ping: list[str], offline: list[str]
@@ -335,20 +372,26 @@ class Pinger:
         )
 
     def _sweep_loop(self) -> None:
-        """Every tick: re-PING the quiet (only while connected); log stats now and then;
-        refresh the heartbeat, which therefore stops when this loop does."""
+        """Every tick: queue the due server PINGs and send them as the broker acknowledges
+        (only while connected); log stats now and then; refresh the heartbeat, which
+        therefore stops when this loop does."""
         next_stats = time.monotonic() + self.stats_interval
         self.heartbeat()
-        while not self._stopping.wait(self._sweep_tick):
+        next_tick = time.monotonic() + self._sweep_tick
+        while not self._stopping.wait(max(0.0, next_tick - time.monotonic())):
+            next_tick += self._sweep_tick
             try:
                 if self.connected.is_set():
                     self.sweep()
+                    self.send_server_pings(until=next_tick)
                 if time.monotonic() >= next_stats:
                     next_stats += self.stats_interval
                     log.info("stats %s", self.stats_line())
             except Exception:
                 log.exception("sweep failed")
             self.heartbeat()
+            # A sweep that overran its tick (a slow database) starts the next one now.
+            next_tick = max(next_tick, time.monotonic())
 
     def heartbeat(self) -> None:
         """Rewrite the heartbeat file (`PINGER_HEALTH_FILE`), if any; never raises.
@@ -432,10 +475,11 @@ class Pinger:
         self.stats["statements"] += 1
 
     def stats_line(self) -> str:
-        """The counters as one JSON object (devices = those currently tracked)."""
+        """The counters as one JSON object (devices = those currently tracked, due = server
+        PINGs waiting for the broker to keep up)."""
         with self._lock:
-            devices, pending = len(self.presence), len(self.pending)
-        return json.dumps({**self.stats, "devices": devices, "pending": pending})
+            devices, pending, due = len(self.presence), len(self.pending), len(self.due)
+        return json.dumps({**self.stats, "devices": devices, "pending": pending, "due": due})
 
 
 def run_from_app(app: Flask, **options) -> int:

@@ -28,6 +28,7 @@ from sqlalchemy import create_engine
 
 from iot_server.extensions import db
 from iot_server.models import Device
+from iot_server.pinger import client as client_module
 from iot_server.pinger.client import Pinger
 
 pytestmark = pytest.mark.slow
@@ -140,6 +141,61 @@ def test_a_device_that_answers_stays_online(private_mosquitto, start_pinger, fak
     assert len(pinger.presence) == 1
     assert pinger.stats["offline"] == 0
     assert pinger.stats["pongs"] >= 4
+
+
+def test_a_fleet_due_at_once_is_pinged_as_fast_as_the_broker_acknowledges(
+    private_mosquitto, start_pinger, monkeypatch
+):
+    """2,000 devices go quiet together: every one gets its server PING, none dropped, and
+    never more than the window of them awaits the broker's PUBACK (the rest wait packed)."""
+    window = 25
+    monkeypatch.setattr(client_module, "SERVER_PING_WINDOW", window)
+    pinger = start_pinger(private_mosquitto.port, ping_interval=1.0)
+    waiting_at_send: list[int] = []
+    publish = pinger.publish
+
+    def watched_publish(topic, payload):
+        if payload == client_module.SERVER_PING:
+            waiting_at_send.append(pinger.unacknowledged())
+        return publish(topic, payload)
+
+    pinger.publish = watched_publish
+    uuids = [new_uuid() for _ in range(2000)]
+    pinged: set[str] = set()
+    fleet = mqtt.Client(CallbackAPIVersion.VERSION2)
+    fleet.on_message = lambda c, u, m: (
+        pinged.add(m.topic.split("/")[1]) if m.payload == client_module.SERVER_PING else None
+    )
+    fleet.connect("127.0.0.1", private_mosquitto.port)
+    fleet.subscribe("device/+/ping", qos=0)
+    fleet.loop_start()
+    try:
+        for uuid in uuids:
+            fleet.publish(f"device/{uuid}/ping", PING, qos=0)
+        assert wait_until(lambda: pinger.stats["pings"] == len(uuids), timeout=10)
+        assert wait_until(lambda: pinged >= set(uuids), timeout=10), len(pinged)
+    finally:
+        fleet.disconnect()
+        fleet.loop_stop()
+    assert pinger.stats["dropped"] == 0
+    assert pinger.stats["stale"] == 0
+    assert len(waiting_at_send) >= len(uuids)
+    assert max(waiting_at_send) < window
+
+
+def test_unacknowledged_follows_the_brokers_pubacks(private_mosquitto, start_pinger):
+    """`Pinger.unacknowledged` reads paho's own table of QoS 1 messages awaiting a PUBACK
+    (paho has no public accessor): a frozen broker acknowledges nothing, a thawed one all."""
+    pinger = start_pinger(private_mosquitto.port)
+    assert pinger.unacknowledged() == 0
+    private_mosquitto.process.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(5):
+            assert pinger.publish(f"device/{new_uuid()}/ping", client_module.SERVER_PING)
+        assert pinger.unacknowledged() == 5
+    finally:
+        private_mosquitto.process.send_signal(signal.SIGCONT)
+    assert wait_until(lambda: pinger.unacknowledged() == 0, timeout=5)
 
 
 def test_presence_is_written_in_batches(
