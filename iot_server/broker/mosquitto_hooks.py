@@ -35,9 +35,7 @@ log = logging.getLogger("iot_server.hooks.mosquitto")
 @bp.before_request
 def check_caller():
     """Refuse (403, no decision) a caller without the secret from an untrusted address."""
-    headers = request.headers
-    forwarded = callers.is_forwarded(headers)
-    if not callers.caller_allowed(headers.get("Authorization"), request.remote_addr, forwarded):
+    if not callers.request_allowed(request):
         metrics.count_hook_decision("mosquitto", "forbidden")  # logged, summarised
         return answer("mosquitto", Decision(DENY, "hook caller not trusted"))
     return None
